@@ -1,0 +1,37 @@
+"""The one `edgerec` command. Each area registers its own subcommands; heavy imports stay inside the commands."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="edgerec",
+    help="Graph-attentive GPT-2 recommendations: prepare data, train, evaluate, export, store and serve models.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+# Modules that each expose `register(app)`. Order is the order of the help text.
+COMMAND_MODULES = [
+    "training.data_cli",
+    "training.evaluate_cli",
+    "training.train_cli",
+    "training.export_cli",
+    "model_store.cli",
+    "service.cli",
+]
+
+for _name in COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(_name)
+    except ModuleNotFoundError as exc:  # an area not built yet must not break the others
+        if exc.name != _name:
+            raise
+        continue
+    _mod.register(app)
+
+
+if __name__ == "__main__":
+    app()
