@@ -1,8 +1,8 @@
 """Prepared datasets: the one in-memory and on-disk form every later step reads.
 
-Readers (``training.ingest``) produce :class:`RawInteractions`; :func:`prepare` filters (rating threshold, iterative
-k-core), maps ids densely, splits, and returns a :class:`PreparedDataset`, which saves to and loads from a folder of
-``.npy`` + JSON files (no pickle), fast enough that amazon-beauty loads in well under a second.
+Readers (``training.ingest``) produce :class:`RawInteractions`; :func:`prepare` filters (rating threshold,
+iterative k-core), maps ids densely, splits, and returns a :class:`PreparedDataset`, which saves to and loads
+from a folder of ``.npy`` + JSON files (no pickle), fast: amazon-beauty loads in well under a second.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ class RawInteractions:
     # (user raw id, item raw id) -> review text, where the source has reviews
     reviews: dict[tuple[str, str], str] = field(default_factory=dict)
     source: str = ""
+    # user raw id -> {feature: value} (RecBole .user files); read for completeness, not used by prepare()
+    user_features: dict[str, dict[str, str]] = field(default_factory=dict)
+    # how the reader understood the source (format, files read, columns used), shown by `edgerec data prepare`
+    info: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -48,7 +52,9 @@ class PreparedDataset:
     item_text: dict[str, list[str]]  # field -> one string per item ("" when missing)
     split: dict  # {"kind": "random"|"temporal", "seed": int, ...}
     fingerprint: str  # sha256 over ids and splits: identifies the exact data a model was trained on
-    reviews: dict[tuple[int, int], str] = field(default_factory=dict)  # (user idx, item idx) -> text, train only
+    reviews: dict[tuple[int, int], str] = field(
+        default_factory=dict
+    )  # (user idx, item idx) -> text, train only
     source: str = ""
 
     @property
@@ -82,6 +88,9 @@ class PreparedDataset:
     def save(self, out_dir: str | Path) -> Path:
         """Write atomically: into a temporary sibling folder, then rename over ``out_dir``."""
         out = Path(out_dir)
+        if out.exists() and not (out.is_dir() and ((out / "meta.json").exists() or not any(out.iterdir()))):
+            # Replacing means deleting: only ever replace an earlier prepared dataset or an empty folder.
+            raise FileExistsError(f"{out} exists and is not a prepared dataset; refusing to replace it")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
@@ -104,7 +113,11 @@ class PreparedDataset:
                 if backup.exists():
                     shutil.rmtree(backup)
                 os.replace(out, backup)
-                os.replace(tmp, out)
+                try:
+                    os.replace(tmp, out)
+                except BaseException:
+                    os.replace(backup, out)  # put the previous dataset back
+                    raise
                 shutil.rmtree(backup)
             else:
                 os.replace(tmp, out)
@@ -118,10 +131,14 @@ class PreparedDataset:
         p = Path(path)
         meta_path = p / "meta.json"
         if not meta_path.exists():
-            raise FileNotFoundError(f"{p} is not a prepared dataset (no meta.json); run `edgerec data prepare` first")
+            raise FileNotFoundError(
+                f"{p} is not a prepared dataset (no meta.json); run `edgerec data prepare` first"
+            )
         meta = json.loads(meta_path.read_text())
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{p}: prepared-data format {meta.get('format_version')} != {FORMAT_VERSION}; re-prepare")
+            raise ValueError(
+                f"{p}: prepared-data format {meta.get('format_version')} != {FORMAT_VERSION}; re-prepare"
+            )
         user_ids = json.loads((p / "user_ids.json").read_text())
         item_ids = json.loads((p / "item_ids.json").read_text())
         shape = (len(user_ids), len(item_ids))
@@ -129,6 +146,15 @@ class PreparedDataset:
         for name in SPLITS:
             indptr = np.load(p / f"{name}.indptr.npy")
             indices = np.load(p / f"{name}.indices.npy")
+            # Cheap consistency checks: a damaged folder fails here, clearly, not deep in training.
+            if (
+                len(indptr) != shape[0] + 1
+                or indptr[-1] != len(indices)
+                or (len(indices) and (indices.min() < 0 or indices.max() >= shape[1]))
+            ):
+                raise ValueError(
+                    f"{p}: {name} matrix does not match {shape[0]} users x {shape[1]} items; re-prepare"
+                )
             data = np.ones(len(indices), dtype=np.float32)
             mats[name] = sp.csr_matrix((data, indices, indptr), shape=shape)
         reviews_path = p / "reviews.json"
@@ -159,7 +185,7 @@ def _dump_json(path: Path, obj) -> None:
 
 # -------------------------------------------------------------------- filtering
 def kcore(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
-    """Boolean mask of the rows that survive iterative k-core filtering (both users and items with >= k rows)."""
+    """Mask of the rows that survive iterative k-core filtering (every user and item keeps >= k rows)."""
     keep = np.ones(len(users), dtype=bool)
     if k <= 1:
         return keep
@@ -184,6 +210,15 @@ def prepare(
     """Threshold (keep rating > threshold where ratings exist), dedupe, k-core, map ids densely, split."""
     if len(raw.users) == 0:
         raise ValueError(f"{raw.source or name}: no interactions were read")
+    if len(raw.items) != len(raw.users):
+        raise ValueError(
+            f"{raw.source or name}: {len(raw.users)} users but {len(raw.items)} items in the events"
+        )
+    for what, arr in (("ratings", raw.ratings), ("timestamps", raw.timestamps)):
+        if arr is not None and len(arr) != len(raw.users):
+            raise ValueError(f"{raw.source or name}: {len(arr)} {what} for {len(raw.users)} events")
+    if k_core < 1:
+        raise ValueError(f"k_core must be >= 1, got {k_core}")
     u_raw = np.asarray(raw.users, dtype=object)
     i_raw = np.asarray(raw.items, dtype=object)
     keep = np.ones(len(u_raw), dtype=bool)
@@ -192,15 +227,20 @@ def prepare(
     u_codes, u_uni = _codes(u_raw)
     i_codes, i_uni = _codes(i_raw)
     ts = None if raw.timestamps is None else np.asarray(raw.timestamps, dtype=np.float64)
-    # Dedupe (user, item): keep the first occurrence (earliest in file order, which sources keep chronological).
+    # Dedupe (user, item): keep the earliest event (by timestamp where there are timestamps, then file order;
+    # Amazon dumps are sorted by item, not by time, so file order alone would not do).
     order = np.flatnonzero(keep)
+    if ts is not None:
+        order = order[np.argsort(ts[order], kind="stable")]
     pair = u_codes[order].astype(np.int64) * (len(i_uni) + 1) + i_codes[order]
     _, first = np.unique(pair, return_index=True)
-    rows = order[np.sort(first)]
+    rows = np.sort(order[first])  # back to file order
     core = kcore(u_codes[rows], i_codes[rows], k_core)
     rows = rows[core]
     if len(rows) == 0:
-        raise ValueError(f"{raw.source or name}: nothing is left after rating threshold and {k_core}-core filtering")
+        raise ValueError(
+            f"{raw.source or name}: nothing is left after rating threshold and {k_core}-core filtering"
+        )
 
     # Dense ids follow sorted raw ids, so a given input always maps to the same ids.
     uu, u_dense = np.unique(u_codes[rows], return_inverse=True)
@@ -231,13 +271,14 @@ def prepare(
     u_index = {u: k for k, u in enumerate(user_ids)}
     i_index = {it: k for k, it in enumerate(item_ids)}
     train = mats["train"]
-    reviews = {}
-    for (u, it), text in raw.reviews.items():
-        ui, ii_ = u_index.get(u), i_index.get(it)
-        if ui is not None and ii_ is not None and text and train[ui, ii_]:
-            reviews[(ui, ii_)] = text
-    split_info = {"kind": split, "seed": seed if split == "random" else None, "k_core": k_core,
-                  "rating_threshold": rating_threshold if raw.ratings is not None else None}
+    reviews = _train_reviews(raw.reviews, u_index, i_index, train)
+    split_info = {
+        "kind": split,
+        "seed": seed if split == "random" else None,
+        "holdout": "max(1, floor(0.1 n)) per user for valid and for test",
+        "k_core": k_core,
+        "rating_threshold": rating_threshold if raw.ratings is not None else None,
+    }
     return PreparedDataset(
         name=name,
         user_ids=user_ids,
@@ -251,6 +292,28 @@ def prepare(
         reviews=reviews,
         source=raw.source,
     )
+
+
+def _train_reviews(
+    raw_reviews: dict[tuple[str, str], str],
+    u_index: dict[str, int],
+    i_index: dict[str, int],
+    train: sp.csr_matrix,
+) -> dict[tuple[int, int], str]:
+    """Reviews of train edges only: a review of a held-out edge would leak the answer into pre-training."""
+    keys, texts = [], []
+    for (u, it), text in raw_reviews.items():
+        ui, ii = u_index.get(u), i_index.get(it)
+        if ui is not None and ii is not None and text:
+            keys.append((ui, ii))
+            texts.append(text)
+    if not keys:
+        return {}
+    k = np.asarray(keys, dtype=np.int64)
+    n_items = train.shape[1]
+    train_rows = np.repeat(np.arange(train.shape[0], dtype=np.int64), np.diff(train.indptr))
+    hit = np.isin(k[:, 0] * n_items + k[:, 1], train_rows * n_items + train.indices)
+    return {(int(a), int(b)): t for (a, b), t, h in zip(k, texts, hit, strict=True) if h}
 
 
 def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -276,21 +339,25 @@ def _split_random(users: np.ndarray, n_users: int, seed: int) -> list[np.ndarray
 
 
 def _split_temporal(users: np.ndarray, n_users: int, ts: np.ndarray | None) -> list[np.ndarray]:
-    """Leave-last-out: per user, the last event is test, the one before is validation (file order breaks ties)."""
+    """Per user, the last k = max(1, floor(0.1 n)) events are test and the k before them validation.
+
+    Same sizes as the random protocol, so the two are comparable; for users with fewer than 20 events this is
+    leave-last-out. Events are ordered by timestamp, ties (and sources without timestamps) by file order.
+    """
     n = len(users)
-    key = np.arange(n, dtype=np.float64) if ts is None else ts
-    order = np.lexsort((np.arange(n), key, users))
+    key = np.zeros(n, dtype=np.float64) if ts is None else ts
+    order = np.lexsort((np.arange(n), key, users))  # by user, then time, then file order
     bounds = np.searchsorted(users[order], np.arange(n_users + 1))
-    train = np.ones(n, dtype=bool)
-    valid = np.zeros(n, dtype=bool)
+    sizes = np.diff(bounds)
+    k = np.maximum(1, sizes // 10)
+    # Position of each sorted row counted from its user's end: 0 = last event.
+    from_end = np.repeat(bounds[1:], sizes) - 1 - np.arange(n)
+    k_row = np.repeat(k, sizes)
     test = np.zeros(n, dtype=bool)
-    last = order[bounds[1:] - 1]
-    test[last] = True
-    second = bounds[1:] - 2
-    has_two = second >= bounds[:-1]
-    valid[order[second[has_two]]] = True
-    train &= ~(test | valid)
-    return [train, valid, test]
+    valid = np.zeros(n, dtype=bool)
+    test[order[from_end < k_row]] = True
+    valid[order[(from_end >= k_row) & (from_end < 2 * k_row)]] = True
+    return [~(test | valid), valid, test]
 
 
 def fingerprint(user_ids: list[str], item_ids: list[str], mats: dict, split_info: dict) -> str:
