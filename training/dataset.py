@@ -88,11 +88,10 @@ class PreparedDataset:
     def save(self, out_dir: str | Path) -> Path:
         """Write atomically: into a temporary sibling folder, then rename over ``out_dir``."""
         out = Path(out_dir)
-        if out.exists() and not (out.is_dir() and ((out / "meta.json").exists() or not any(out.iterdir()))):
-            # Replacing means deleting: only ever replace an earlier prepared dataset or an empty folder.
-            raise FileExistsError(f"{out} exists and is not a prepared dataset; refusing to replace it")
+        check_replaceable(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        chmod_like_mkdir(tmp)  # mkdtemp makes 0700; the result should be readable like any folder
         try:
             for name in SPLITS:
                 m = getattr(self, name).tocsr()
@@ -174,6 +173,12 @@ class PreparedDataset:
             reviews=reviews,
             source=meta.get("source", ""),
         )
+
+
+def check_replaceable(out: Path) -> None:
+    """Saving replaces ``out`` wholesale: only ever replace an earlier prepared dataset or an empty folder."""
+    if out.exists() and not (out.is_dir() and ((out / "meta.json").exists() or not any(out.iterdir()))):
+        raise FileExistsError(f"{out} exists and is not a prepared dataset; refusing to replace it")
 
 
 def _dump_json(path: Path, obj) -> None:
@@ -368,3 +373,9 @@ def fingerprint(user_ids: list[str], item_ids: list[str], mats: dict, split_info
         h.update(m.indptr.astype(np.int64).tobytes())
         h.update(m.indices.astype(np.int32).tobytes())
     return h.hexdigest()
+
+
+def chmod_like_mkdir(path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
