@@ -1,0 +1,30 @@
+"""Strong baselines behind one small interface (:class:`Recommender`), selected on validation only.
+
+Heavy dependencies (torch) are imported by the modules that need them, so ``REGISTRY`` lists classes lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from training.baselines.base import BaselineResult, Recommender, select_and_test
+
+# CLI name -> "module:Class"; order is the order of the results table
+REGISTRY: dict[str, str] = {
+    "pop": "training.baselines.pop:Pop",
+    "itemknn": "training.baselines.itemknn:ItemKNN",
+    "ease": "training.baselines.ease:EASE",
+    "lightgcn": "training.baselines.lightgcn:LightGCN",
+    "multivae": "training.baselines.multivae:MultiVAE",
+}
+
+
+def get(name: str) -> type[Recommender]:
+    key = name.strip().lower().replace("-", "").replace("_", "")
+    if key not in REGISTRY:
+        raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(REGISTRY)}")
+    module, cls = REGISTRY[key].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+__all__ = ["REGISTRY", "BaselineResult", "Recommender", "get", "select_and_test"]

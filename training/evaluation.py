@@ -1,0 +1,86 @@
+"""The one evaluation harness: baselines and the GPT-2 model are scored by this same code.
+
+Protocol (DESIGN.md §1, arXiv 2402.09617): full ranking over all items; per split, the items the model has
+seen as known interactions are masked to -inf before ranking:
+
+* ``split="valid"``: train items are masked;
+* ``split="test"``: train **and** validation items are masked. Validation items are known interactions
+  by test time, so ranking them again would only push held-out test items down. Models still score from
+  train only unless the caller's ``score_fn`` says otherwise (docs/benchmarks.md, "Baselines", compares
+  this choice with the alternatives against the reference numbers in ``../shared/datasets/README.md``).
+
+Only users with at least one held-out item in the split are scored, and the metrics are averaged over them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from training.metrics import MetricAccumulator, batch_metrics, metric_names
+
+ScoreFn = Callable[[np.ndarray], Any]  # user indices [B] -> scores [B, I] (numpy or torch)
+
+DEFAULT_KS = (20, 40)
+DEFAULT_NDCG_KS = (100,)
+
+
+def known_items(dataset, split: str) -> sp.csr_matrix:
+    """The interactions masked when evaluating ``split``: train for valid, train + valid for test."""
+    if split == "valid":
+        return dataset.train.tocsr()
+    if split == "test":
+        return (dataset.train + dataset.valid).tocsr()
+    raise ValueError(f"unknown split {split!r}; use 'valid' or 'test'")
+
+
+def evaluate(
+    score_fn: ScoreFn,
+    dataset,
+    split: str = "valid",
+    ks: Sequence[int] = DEFAULT_KS,
+    ndcg_ks: Sequence[int] = DEFAULT_NDCG_KS,
+    batch_size: int = 1024,
+    users: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Score ``dataset``'s held-out ``split`` with ``score_fn``.
+
+    ``dataset`` is anything with CSR ``train``, ``valid``, ``test`` attributes (a ``PreparedDataset``).
+    ``users`` restricts evaluation to a subset (e.g. a quick check); by default every user with held-out
+    items. Returns ``{"recall@20": ..., "recall@40": ..., "ndcg@100": ..., "users": n}``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    mask = known_items(dataset, split)
+    heldout = getattr(dataset, split).tocsr()
+    n_users, n_items = heldout.shape
+    has_heldout = np.diff(heldout.indptr) > 0
+    if users is None:
+        users = np.flatnonzero(has_heldout)
+    else:
+        users = np.asarray(users, dtype=np.int64)
+        if users.size and (users.min() < 0 or users.max() >= n_users):
+            raise ValueError(f"user indices must lie in [0, {n_users})")
+        users = users[has_heldout[users]]
+    acc = MetricAccumulator(metric_names(ks, ndcg_ks))
+    for start in range(0, len(users), batch_size):
+        batch = users[start : start + batch_size]
+        scores = _to_numpy(score_fn(batch))
+        if scores.shape != (len(batch), n_items):
+            raise ValueError(f"score_fn returned shape {scores.shape}, expected {(len(batch), n_items)}")
+        acc.add(batch_metrics(scores, heldout[batch], ks, ndcg_ks, exclude=mask[batch]))
+    return acc.result()
+
+
+def _to_numpy(scores: Any) -> np.ndarray:
+    """Accept numpy arrays or torch tensors (without importing torch here); always return a writable float
+    array."""
+    if hasattr(scores, "detach"):
+        scores = scores.detach().cpu().numpy()
+    arr = np.asarray(scores)
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32)
+    return np.array(arr, copy=True) if not arr.flags.writeable else arr
