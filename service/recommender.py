@@ -1,0 +1,247 @@
+"""The request path: cache lookup → neighbourhood → prompt + bias → micro-batched encoder → FAISS → filter.
+
+Routes call :meth:`Recommender.recommend`; everything CPU-heavy (neighbourhood on a miss, prompt, encoder,
+search) runs in the model's micro-batch worker thread, so the event loop only does I/O. Fallback reasons, in
+the order a client should read them:
+
+- ``popularity``: nothing known about the user (no train history, no live history, no ``recent_items``);
+- ``cold_start_context``: a user the model has no token for, answered from a prompt of the given/live items;
+- ``cache_unavailable``: Redis could not be read; answered from the in-memory graph snapshot without live
+  history."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graphprompt.graph import Neighbourhood
+from graphprompt.prompts import PromptBuilder
+from service.batcher import MicroBatcher
+from service.cache import Cache, RedisUnavailable
+from service.config import Settings
+from service.metrics import Metrics
+from service.serving import ServingModel
+
+log = logging.getLogger("edgerec.recommender")
+
+POPULARITY = "popularity"
+COLD_START = "cold_start_context"
+CACHE_UNAVAILABLE = "cache_unavailable"
+FALLBACK_ORDER = (POPULARITY, COLD_START, CACHE_UNAVAILABLE)
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class UnknownItemsError(ValueError):
+    def __init__(self, field_name: str, ids: Sequence[str]) -> None:
+        self.field_name = field_name
+        self.ids = list(ids)
+        shown = ", ".join(repr(i) for i in self.ids[:20]) + (" ..." if len(self.ids) > 20 else "")
+        super().__init__(f"{field_name}: {len(self.ids)} unknown item id(s) for this model: {shown}")
+
+
+@dataclass
+class Recommendation:
+    user_id: str
+    version: str
+    item_idx: np.ndarray  # int64, best first
+    scores: np.ndarray  # float32
+    reasons: list[str] = field(default_factory=list)
+    known_user: bool = False
+
+    @property
+    def fallback(self) -> str | None:
+        return next((r for r in FALLBACK_ORDER if r in self.reasons), None)
+
+
+@dataclass
+class _Job:
+    user: int | None
+    history: np.ndarray  # prompt history, oldest first
+    nbr_packed: bytes | None  # cached neighbourhood
+    nbr_items: np.ndarray | None  # items to compute the neighbourhood from on a miss
+    extra_edges: tuple[np.ndarray, np.ndarray] | None  # live edges of a known user
+    k: int
+    exclude: np.ndarray
+
+
+@dataclass
+class _JobResult:
+    ids: np.ndarray
+    scores: np.ndarray
+    packed: bytes | None  # a freshly computed neighbourhood, for the cache
+
+
+def dedup_keep_last(x: np.ndarray) -> np.ndarray:
+    """Unique items ordered by their last occurrence (so the newest interactions end the prompt)."""
+    if x.size == 0:
+        return x.astype(np.int64)
+    rev = x[::-1]
+    _, first = np.unique(rev, return_index=True)
+    return rev[np.sort(first)][::-1].astype(np.int64)
+
+
+def popular_top(model: ServingModel, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The k most popular items outside ``exclude`` (fewer only when the catalogue runs out)."""
+    head = model.popular_order[: k + exclude.size]
+    if exclude.size:
+        head = head[~np.isin(head, exclude)]
+    head = head[:k].astype(np.int64)
+    return head, model.popularity[head].astype(np.float32)
+
+
+class Recommender:
+    def __init__(self, cache: Cache, metrics: Metrics, settings: Settings) -> None:
+        self.cache = cache
+        self.metrics = metrics
+        self.settings = settings
+        self._pending: set[asyncio.Task] = set()  # fire-and-forget cache writes, kept alive until done
+
+    # -- model wiring ----------------------------------------------------------------------------------------
+
+    def attach(self, model: ServingModel) -> None:
+        """Give a freshly loaded model its own micro-batcher (called before it becomes visible)."""
+        model.batcher = MicroBatcher(
+            lambda jobs: self._run_batch(model, jobs),
+            max_size=self.settings.batch_max_size,
+            max_wait_s=self.settings.batch_max_wait_ms / 1000.0,
+            on_batch=self.metrics.batch_size.observe,
+        )
+
+    # -- input mapping ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def item_indices(model: ServingModel, ids: Sequence[str], field_name: str) -> np.ndarray:
+        """Map raw item ids to indices; unknown ids raise UnknownItemsError naming them all."""
+        idx = model.item_index
+        unknown = [i for i in ids if i not in idx]
+        if unknown:
+            raise UnknownItemsError(field_name, list(dict.fromkeys(unknown)))
+        return np.fromiter((idx[i] for i in ids), dtype=np.int64, count=len(ids))
+
+    @staticmethod
+    def _known_indices(model: ServingModel, ids: Sequence[str]) -> np.ndarray:
+        idx = model.item_index
+        return np.asarray([idx[i] for i in ids if i in idx], dtype=np.int64)
+
+    # -- the request path ------------------------------------------------------------------------------------
+
+    async def recommend(
+        self,
+        model: ServingModel,
+        user_id: str,
+        *,
+        k: int = 10,
+        exclude_seen: bool = True,
+        exclude_items: Sequence[str] = (),
+        recent_items: Sequence[str] = (),
+    ) -> Recommendation:
+        recent = self.item_indices(model, recent_items, "recent_items")
+        # Excluding an id this model does not know cannot change the answer, so it is not an error.
+        extra_excl = self._known_indices(model, exclude_items)
+        u = model.user_index.get(user_id)
+        reasons: list[str] = []
+
+        lookup = None
+        t0 = time.perf_counter()
+        try:
+            lookup = await self.cache.lookup(model.version, user_id)
+            self.metrics.cache_lookups.labels("hit" if lookup.neighbourhood is not None else "miss").inc()
+        except RedisUnavailable:
+            self.metrics.cache_lookups.labels("error").inc()
+            reasons.append(CACHE_UNAVAILABLE)
+        self.metrics.stage_seconds.labels("cache").observe(time.perf_counter() - t0)
+
+        # Live history holds raw ids; ids a newer/older catalogue lacks are skipped, not errors.
+        live = self._known_indices(model, lookup.history) if lookup is not None else _EMPTY
+        train = model.graph.user_items(u) if u is not None else _EMPTY
+        stored = dedup_keep_last(np.concatenate([train, live]))
+        history = dedup_keep_last(np.concatenate([stored, recent]))
+        seen = history if exclude_seen else _EMPTY
+        exclude = np.union1d(seen, extra_excl).astype(np.int64)
+
+        if history.size == 0:
+            reasons.append(POPULARITY)
+            ids, scores = popular_top(model, k, exclude)
+        else:
+            if u is None:
+                reasons.append(COLD_START)
+            new_edges = np.setdiff1d(np.concatenate([live, recent]), train) if u is not None else _EMPTY
+            job = _Job(
+                user=u,
+                history=history,
+                nbr_packed=lookup.neighbourhood if lookup is not None else None,
+                nbr_items=stored if stored.size else recent,
+                extra_edges=(np.full(new_edges.size, u, dtype=np.int64), new_edges)
+                if new_edges.size
+                else None,
+                k=k,
+                exclude=exclude,
+            )
+            assert model.batcher is not None, "model was not attached to the recommender"
+            res = await model.batcher.submit(job)
+            ids, scores = res.ids, res.scores
+            # Cache only what depends on stored state alone (train + live history), never request context.
+            if res.packed is not None and lookup is not None and stored.size:
+                self._spawn(
+                    self.cache.store_neighbourhood(model.version, user_id, lookup.fingerprint, res.packed)
+                )
+
+        for r in reasons:
+            self.metrics.fallbacks.labels(r).inc()
+        self.metrics.recommendations.inc()
+        return Recommendation(user_id, model.version, ids, scores, reasons, known_user=u is not None)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    # -- the batch function (worker thread) ------------------------------------------------------------------
+
+    def _run_batch(self, model: ServingModel, jobs: Sequence[_Job]) -> list[_JobResult]:
+        cfg = model.builder.cfg
+        want_nbr = cfg.n_co_users > 0 or cfg.n_two_hop_items > 0
+        stage = self.metrics.stage_seconds
+        prompts, packed = [], []
+        for job in jobs:
+            nbr, fresh = None, None
+            if want_nbr and job.nbr_packed is not None:
+                try:
+                    nbr = Neighbourhood.unpack(job.nbr_packed)
+                except ValueError:
+                    log.warning("corrupt cached neighbourhood ignored")
+            if want_nbr and nbr is None and job.nbr_items is not None and job.nbr_items.size:
+                t = time.perf_counter()
+                nbr = model.graph.neighbourhood(
+                    job.user, items=job.nbr_items, n_users=cfg.n_co_users, n_items=cfg.n_two_hop_items
+                )
+                fresh = nbr.pack()
+                stage.labels("neighbourhood").observe(time.perf_counter() - t)
+            t = time.perf_counter()
+            prompts.append(model.builder.predictive(job.user, job.history, nbr, extra_edges=job.extra_edges))
+            stage.labels("prompt").observe(time.perf_counter() - t)
+            packed.append(fresh)
+
+        t = time.perf_counter()
+        vectors = model.encoder.encode(*PromptBuilder.collate(prompts))
+        stage.labels("encode").observe(time.perf_counter() - t)
+
+        t = time.perf_counter()
+        k_max = max(job.k for job in jobs)
+        ids, scores = model.ranker.search(vectors, k_max, exclude=[job.exclude for job in jobs])
+        stage.labels("search").observe(time.perf_counter() - t)
+
+        out = []
+        for row, job in enumerate(jobs):
+            r_ids, r_scores = ids[row, : job.k], scores[row, : job.k]
+            keep = r_ids >= 0  # -1 pads rows the catalogue could not fill
+            out.append(
+                _JobResult(r_ids[keep].astype(np.int64), r_scores[keep].astype(np.float32), packed[row])
+            )
+        return out
