@@ -72,9 +72,9 @@ def prepare_cmd(
     rating_col: str | None = typer.Option(None, "--rating-col", help="CSV: rating column (optional)."),
     time_col: str | None = typer.Option(None, "--time-col", help="CSV: timestamp column (optional)."),
     sep: str | None = typer.Option(
-        None, "--sep", help="CSV: separator [default: sniffed; use '\\t' for tab]."
+        None, "--sep", help="CSV: separator of SOURCE [default: sniffed; '\\t' for tab]."
     ),
-    item_file: Path | None = typer.Option(None, "--item-file", help="CSV: item text file."),
+    item_file: Path | None = typer.Option(None, "--item-file", help="CSV: item text file (own separator)."),
     item_id_col: str | None = typer.Option(None, "--item-id-col", help="CSV: id column of the item file."),
     text_cols: str | None = typer.Option(
         None,

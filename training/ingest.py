@@ -10,6 +10,7 @@ never write anything.
 from __future__ import annotations
 
 import gzip
+import html
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -88,7 +89,8 @@ def clean_text(value: object, *, list_sep: str = " ") -> str:
         # A list of lists is several category paths (Amazon 2014 style): join paths with "; ".
         sep = "; " if value and all(isinstance(v, list | tuple) for v in value) else list_sep
         return sep.join(p for p in parts if p)
-    return _WS.sub(" ", str(value)).strip()
+    # Amazon text carries HTML entities (AT&amp;T); prompts want the characters.
+    return _WS.sub(" ", html.unescape(str(value))).strip()
 
 
 def canonical_field(name: str) -> str:

@@ -189,7 +189,7 @@ def read_item_csv(
     """Item id -> {canonical field: text} from an item CSV; text columns are ``col`` or ``col=field``."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such item file")
-    rows = _rows(path, opts.sep)
+    rows = _rows(path, None)  # its own separator, sniffed: --sep is for the interactions file
     first = next(rows, None)
     if first is None:
         raise DataFormatError(path, 1, None, "file is empty (expected a header line)")

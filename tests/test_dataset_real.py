@@ -1,0 +1,44 @@
+"""Real data from ../shared/datasets: counts must equal the table in its README."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from training.dataset import PreparedDataset, prepare
+from training.ingest import read_source
+
+DATASETS = Path(
+    os.environ.get("EDGEREC_DATASETS", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")
+)
+
+
+def _need(name: str) -> Path:
+    p = DATASETS / name
+    if not p.is_dir():
+        pytest.skip(f"{p} is absent (shared datasets are only on dev/CI machines)")
+    return p
+
+
+def test_amazon_office_matches_the_readme(tmp_path: Path) -> None:
+    raw = read_source(_need("amazon-office"))
+    ds = prepare(raw, "amazon-office")
+    assert (ds.n_users, ds.n_items) == (4_905, 2_420)
+    assert ds.train.nnz + ds.valid.nnz + ds.test.nnz == 53_258
+    assert set(ds.item_text) == {"title", "brand", "categories", "description"}
+    titled = sum(1 for t in ds.item_text["title"] if t)
+    assert titled > 0.95 * ds.n_items  # a few items have no title in the source
+    back = PreparedDataset.load(ds.save(tmp_path / "office"))
+    assert back.fingerprint == ds.fingerprint and (back.test != ds.test).nnz == 0
+
+
+def test_movielens_100k_raw_counts_and_threshold() -> None:
+    raw = read_source(_need("movielens-100k"))
+    assert len(raw.users) == 100_000
+    assert (len(set(raw.users)), len(set(raw.items))) == (943, 1_682)
+    everything = prepare(raw, "ml", rating_threshold=None, k_core=1)
+    assert (everything.n_users, everything.n_items) == (943, 1_682)
+    kept = prepare(raw, "ml", k_core=1)  # ratings > 3, i.e. 4 and 5
+    assert kept.train.nnz + kept.valid.nnz + kept.test.nnz == int((raw.ratings > 3).sum())
