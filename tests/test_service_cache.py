@@ -1,0 +1,141 @@
+"""Cache keys, live history, interaction stream and the Redis breaker, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+from redis.crc import key_slot
+from service_support import RedisServer, delete_prefix, free_port, redis_url_or_skip, unique_prefix
+
+from service.cache import Cache, Keys, RedisUnavailable, history_fingerprint, user_tag
+from service.redis_conn import make_client
+
+VERSION = "v20260101-120000-000-0123abcd"
+
+
+@pytest.fixture
+def url():
+    return redis_url_or_skip()
+
+
+@pytest.fixture
+def prefix(url):
+    p = unique_prefix()
+    yield p
+    delete_prefix(url, p)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_keys_use_hash_tags_and_never_raw_ids():
+    keys = Keys("edgerec")
+    nbr, hist = keys.nbr(VERSION, "A1YJEY40YUW4SE"), keys.history("A1YJEY40YUW4SE")
+    assert "A1YJEY40YUW4SE" not in nbr and "A1YJEY40YUW4SE" not in hist
+    assert nbr.startswith(f"edgerec:{VERSION}:nbr:{{") and nbr.endswith("}")
+    # One user's keys share a Redis Cluster slot, so the lookup pipeline works on a cluster too.
+    assert key_slot(nbr.encode()) == key_slot(hist.encode())
+    assert keys.nbr(VERSION, "u1") != keys.nbr(VERSION, "u2")
+    assert keys.nbr(VERSION, "u1") != keys.nbr("v20260101-120000-000-ffffffff", "u1")
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "x" * 129, "u{1}", "ü", "a\nb", "a/b"])
+def test_invalid_user_ids_are_rejected(bad):
+    with pytest.raises(ValueError, match="invalid user id"):
+        user_tag(bad)
+
+
+def test_interactions_update_history_stream_and_invalidate(url, prefix):
+    async def go():
+        client = make_client(url, 0.5)
+        cache = Cache(client, prefix, history_max=5)
+        await cache.store_neighbourhood(VERSION, "u1", history_fingerprint([]), b"packed-nbr")
+        first = await cache.lookup(VERSION, "u1")
+        assert first.neighbourhood == b"packed-nbr" and first.history == []
+
+        entry = await cache.append_interactions("u1", ["i1", "i2"], [1.0, 2.0], VERSION)
+        after = await cache.lookup(VERSION, "u1")
+        assert after.neighbourhood is None  # invalidated
+        assert after.history == ["i1", "i2"]
+        await cache.append_interactions("u1", ["i3", "i4", "i5", "i6"], None, VERSION)
+        assert await cache.history("u1") == ["i2", "i3", "i4", "i5", "i6"]  # capped, newest kept
+        await client.aclose()
+        return entry
+
+    entry = run(go())
+    r = redis.Redis.from_url(url)
+    stream = r.xrange(f"{prefix}:interactions")
+    assert stream[0][0].decode() == entry
+    assert stream[0][1][b"user"] == b"u1" and stream[0][1][b"items"] == b'["i1","i2"]'
+    assert stream[0][1][b"ts"] == b"[1.0,2.0]"
+    assert len(stream) == 2
+
+
+def test_stale_entry_with_other_history_is_a_miss(url, prefix):
+    """Even without the DEL (e.g. an entry written by another version's replica), a neighbourhood built from a
+    different history is never served."""
+
+    async def go():
+        client = make_client(url, 0.5)
+        cache = Cache(client, prefix)
+        await cache.append_interactions("u2", ["i1"], None, VERSION)
+        await cache.store_neighbourhood(VERSION, "u2", history_fingerprint([]), b"built-before-i1")
+        assert (await cache.lookup(VERSION, "u2")).neighbourhood is None
+        look = await cache.lookup(VERSION, "u2")
+        await cache.store_neighbourhood(VERSION, "u2", look.fingerprint, b"built-with-i1")
+        assert (await cache.lookup(VERSION, "u2")).neighbourhood == b"built-with-i1"
+        ttl = await client.ttl(cache.keys.nbr(VERSION, "u2"))
+        await client.aclose()
+        return ttl
+
+    assert 0 < run(go()) <= 3600
+
+
+def test_breaker_fails_fast_then_probes_again():
+    port = free_port()  # nothing listens here
+
+    async def go():
+        cache = Cache(make_client(f"redis://127.0.0.1:{port}/0", 0.2), "p", backoff_max_s=0.3)
+        t = time.perf_counter()
+        with pytest.raises(RedisUnavailable):
+            await cache.lookup(VERSION, "u1")
+        with pytest.raises(RedisUnavailable, match="skipped"):
+            await cache.lookup(VERSION, "u1")  # inside the back-off window: no network call
+        assert time.perf_counter() - t < 5
+        await asyncio.sleep(0.35)
+        with pytest.raises(RedisUnavailable) as exc:
+            await cache.lookup(VERSION, "u1")
+        assert "skipped" not in str(exc.value)  # the window passed: it really tried again
+        assert not await cache.ping()
+
+    run(go())
+
+
+def test_recovers_without_new_client_after_redis_restart(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+
+        async def go():
+            cache = Cache(make_client(server.url, 0.2), "p", backoff_max_s=0.2)
+            await cache.append_interactions("u1", ["i1"], None, VERSION)
+            server.stop()
+            with pytest.raises(RedisUnavailable):
+                await cache.append_interactions("u1", ["i2"], None, VERSION)
+            server.start()  # same data dir: AOF brings the acknowledged write back
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    await cache.append_interactions("u1", ["i3"], None, VERSION)
+                    break
+                except RedisUnavailable:
+                    assert time.monotonic() < deadline, "cache did not recover"
+                    await asyncio.sleep(0.1)
+            return await cache.history("u1")
+
+        assert run(go()) == ["i1", "i3"]
+    finally:
+        server.stop()
