@@ -1,6 +1,6 @@
 """Time reading, preparing, saving and loading datasets (the figures in docs/benchmarks.md, "Data").
 
-    python benchmarks/data_bench.py amazon-beauty amazon-office --datasets ../shared/datasets --repeat 5
+python benchmarks/data_bench.py amazon-beauty amazon-office --datasets ../shared/datasets --repeat 5
 """
 
 from __future__ import annotations
@@ -54,13 +54,14 @@ def main() -> None:
     ap.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    cols = ["dataset", "events", "users", "items", "read_s", "prepare_s", "save_s", "load_median_s", "load_max_s"]
-    cols.append("size_mb")
+    cols = ["dataset", "events", "users", "items", "read_s", "prepare_s", "save_s"]
+    cols += ["load_median_s", "load_max_s", "size_mb"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for name in args.names:
         r = bench(args.datasets / name, args.repeat)
-        print("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else f"{r[c]}" for c in cols) + " |")
+        cells = (f"{r[c]:.3f}" if isinstance(r[c], float) else f"{r[c]}" for c in cols)
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
