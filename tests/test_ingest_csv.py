@@ -114,3 +114,12 @@ def test_malformed_item_file(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError) as err:
         read_source(inter, "csv", ReadOptions(item_file=items, text_cols=["name"]))
     assert (err.value.line, err.value.field) == (1, "name")
+
+
+def test_options_for_another_format_are_rejected(tmp_path: Path) -> None:
+    inter = _write(tmp_path / "x.inter", "user_id:token\titem_id:token\na\tb\n")
+    with pytest.raises(ValueError, match="--user-col: options for CSV"):
+        read_source(inter, "auto", ReadOptions(user_col="who"))
+    csv_file = _write(tmp_path / "x.csv", "user_id,item_id\na,b\n")
+    with pytest.raises(ValueError, match="--meta: option for Amazon"):
+        read_source(csv_file, "auto", ReadOptions(meta=inter))

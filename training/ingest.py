@@ -296,6 +296,7 @@ def read_source(source: str | Path, fmt: str = "auto", options: ReadOptions | No
         raise FileNotFoundError(f"{p}: no such file or folder")
     if fmt == "auto":
         fmt = detect_format(p)
+    _check_options_fit(fmt, opts)
     if fmt == "recbole":
         return read_recbole(p)
     if fmt in ("amazon2018", "amazon2023"):
@@ -305,3 +306,23 @@ def read_source(source: str | Path, fmt: str = "auto", options: ReadOptions | No
     from training.ingest_csv import read_csv
 
     return read_csv(p, opts)
+
+
+def _check_options_fit(fmt: str, opts: ReadOptions) -> None:
+    """Options for another format would be silently ignored; say so instead (likely a wrong --format)."""
+    csv_only = {
+        "--user-col": opts.user_col,
+        "--item-col": opts.item_col,
+        "--rating-col": opts.rating_col,
+        "--time-col": opts.time_col,
+        "--sep": opts.sep,
+        "--item-file": opts.item_file,
+        "--item-id-col": opts.item_id_col,
+        "--text-cols": opts.text_cols or None,
+    }
+    if fmt != "csv":
+        given = [flag for flag, v in csv_only.items() if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: options for CSV/TSV input, but the format is {fmt}")
+    if opts.meta is not None and fmt not in ("amazon2018", "amazon2023"):
+        raise ValueError(f"--meta: option for Amazon JSON-lines input, but the format is {fmt}")
