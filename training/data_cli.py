@@ -204,7 +204,9 @@ def _summary_table(ds, *, raw=None, out: Path, timing: tuple[float, float] | Non
         if split.get("rating_threshold") is not None
         else "no ratings used",
     )
-    table.add_row("split", ", ".join(f"{k}={v}" for k, v in split.items() if k != "rating_threshold"))
+    table.add_row(
+        "split", ", ".join(f"{k}={v}" for k, v in split.items() if k != "rating_threshold" and v is not None)
+    )
     text = ", ".join(
         f"{f} {sum(1 for t in vals if t) / max(1, len(vals)):.0%}" for f, vals in sorted(ds.item_text.items())
     )

@@ -244,7 +244,8 @@ def prepare(
     rows = rows[core]
     if len(rows) == 0:
         raise ValueError(
-            f"{raw.source or name}: nothing is left after rating threshold and {k_core}-core filtering"
+            f"{raw.source or name}: nothing is left after rating threshold and {k_core}-core filtering "
+            "(lower the k-core or the rating threshold)"
         )
 
     # Dense ids follow sorted raw ids, so a given input always maps to the same ids.
