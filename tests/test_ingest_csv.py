@@ -89,7 +89,7 @@ def test_folder_with_one_csv(tmp_path: Path) -> None:
         ("a,b\n1,2\n", {"user_col": "user"}, 1, "user", "not in header"),
         ("uid,iid\n1,2\n", {}, 1, "user_id", "no user column"),
         ("user_id,item_id\n1,2\n3,4,5\n", {}, 3, None, "expected 2 fields, got 3"),
-        ("user_id,item_id,rating\n1,2,4\n3,4,\n", {}, 3, "rating", "not a finite number"),
+        ("user_id,item_id,rating\n1,2,4\n3,4,\n", {}, 3, "rating", "not a number"),
         ("user_id,item_id,rating\n1,2,4\n\n3,4,high\n", {}, 4, "rating", "high"),
         ("user_id,item_id,timestamp\n1,2,5\n3,4,yesterday\n", {}, 3, "timestamp", "ISO-8601"),
         ("user_id,item_id\n1,2\n,4\n", {}, 3, "user_id", "empty id"),

@@ -104,31 +104,21 @@ def canonical_field(name: str) -> str:
     }.get(name, name)
 
 
-_canonical = canonical_field  # old private name, kept for callers of the skeleton
-
-
-def parse_numbers(values: list[str], path: Path, first_line: list[int] | int, col: str) -> np.ndarray:
-    """Parse a column of strings as finite float64, naming the first offending line.
-
-    ``first_line`` is either the line number of values[0] (rows are consecutive) or one line number per value.
-    """
+def parse_numbers(values: list[str], path: Path, lines: list[int], col: str) -> np.ndarray:
+    """A column of strings as finite float64; the first bad value is reported with its line (``lines[n]``)."""
     try:
         out = np.array(values, dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(out))
-    except ValueError:
-        out = None
-        bad = []
+    except ValueError:  # slow path: Python's float() per value, to name the first one that is not a number
+        out = np.empty(len(values), dtype=np.float64)
         for n, v in enumerate(values):
             try:
-                float(v)
+                out[n] = float(v)
             except ValueError:
-                bad = [n]
-                break
+                raise DataFormatError(path, lines[n], col, f"not a number: {v!r}") from None
+    bad = np.flatnonzero(~np.isfinite(out))
     if len(bad):
         n = int(bad[0])
-        line = first_line[n] if isinstance(first_line, list) else first_line + n
-        raise DataFormatError(path, line, col, f"not a finite number: {values[n]!r}")
-    assert out is not None
+        raise DataFormatError(path, lines[n], col, f"not a finite number: {values[n]!r}")
     return out
 
 

@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from training.dataset import RawInteractions
-from training.ingest import DataFormatError, ReadOptions, canonical_field, clean_text, iter_lines
+from training.ingest import (
+    DataFormatError,
+    ReadOptions,
+    canonical_field,
+    clean_text,
+    iter_lines,
+    parse_numbers,
+)
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")
 GUESSES = {
@@ -102,27 +109,6 @@ def _times(path: Path, values: list[str], lines: list[int], col: str) -> np.ndar
     return out
 
 
-def _ratings(path: Path, values: list[str], lines: list[int], col: str) -> np.ndarray:
-    out = np.empty(len(values), dtype=np.float32)
-    try:
-        out[:] = np.array(values, dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(out))
-        n = int(bad[0]) if len(bad) else -1
-    except ValueError:
-        n = next(k for k, v in enumerate(values) if not _is_float(v))
-    if n >= 0:
-        raise DataFormatError(path, lines[n], col, f"not a finite number: {values[n]!r}")
-    return out
-
-
-def _is_float(v: str) -> bool:
-    try:
-        float(v)
-    except ValueError:
-        return False
-    return True
-
-
 def read_csv(source: Path, opts: ReadOptions) -> RawInteractions:
     path = source
     if source.is_dir():
@@ -163,7 +149,7 @@ def read_csv(source: Path, opts: ReadOptions) -> RawInteractions:
             tvals.append(row[ct])
     if not users:
         raise DataFormatError(path, 2, None, "no interaction rows after the header")
-    ratings = None if cr is None else _ratings(path, rvals, lines, header[cr])
+    ratings = None if cr is None else parse_numbers(rvals, path, lines, header[cr]).astype(np.float32)
     times = None if ct is None else _times(path, tvals, lines, header[ct])
     info: dict = {
         "format": "csv",
