@@ -52,9 +52,8 @@ class PreparedDataset:
     item_text: dict[str, list[str]]  # field -> one string per item ("" when missing)
     split: dict  # {"kind": "random"|"temporal", "seed": int, ...}
     fingerprint: str  # sha256 over ids and splits: identifies the exact data a model was trained on
-    reviews: dict[tuple[int, int], str] = field(
-        default_factory=dict
-    )  # (user idx, item idx) -> text, train only
+    # (user idx, item idx) -> review text, train edges only
+    reviews: dict[tuple[int, int], str] = field(default_factory=dict)
     source: str = ""
 
     @property
