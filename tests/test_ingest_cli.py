@@ -112,6 +112,7 @@ def test_replaces_an_earlier_dataset(app: typer.Typer, toy: Path, tmp_path: Path
         ["data", "prepare", "no/such/path"],
         ["data", "prepare", "{toy}", "--name", "../escape"],
         ["data", "prepare", "{toy}", "--k-core", "50", "--out", "{tmp}/o"],  # nothing survives
+        ["data", "prepare", "{toy}", "--format", "csv", "--sep", "ab"],
         ["data", "info", "{tmp}"],
         ["data", "fetch", "no-such-dataset", "--dest", "{tmp}/s"],
     ],

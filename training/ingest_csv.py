@@ -69,19 +69,22 @@ def _rows(path: Path, sep: str | None) -> Iterator[tuple[int, list[str]]]:
         raise DataFormatError(path, reader.line_num, None, f"malformed CSV ({exc})") from None
 
 
+def _show(header: list[str], limit: int = 120) -> str:
+    text = ", ".join(header)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _column(path: Path, header: list[str], given: str | None, role: str, required: bool) -> int | None:
     if given is not None:
         if given not in header:
-            raise DataFormatError(
-                path, 1, given, f"{role} column not in header (header: {', '.join(header)})"
-            )
+            raise DataFormatError(path, 1, given, f"{role} column not in header (header: {_show(header)})")
         return header.index(given)
     for name in GUESSES[role]:
         if name in header:
             return header.index(name)
     if required:
         raise DataFormatError(
-            path, 1, f"{role}_id", f"no {role} column found (header: {', '.join(header)}); pass --{role}-col"
+            path, 1, f"{role}_id", f"no {role} column found (header: {_show(header)}); pass --{role}-col"
         )
     return None
 
@@ -189,7 +192,7 @@ def read_item_csv(
         col, _, name = spec.partition("=")
         col = col.strip()
         if col not in header:
-            raise DataFormatError(path, 1, col, f"text column not in header (header: {', '.join(header)})")
+            raise DataFormatError(path, 1, col, f"text column not in header (header: {_show(header)})")
         cols.append((header.index(col), name.strip() or canonical_field(col)))
     out: dict[str, dict[str, str]] = {}
     for lineno, row in rows:
