@@ -35,6 +35,9 @@ fi
 mkdir -p "$work/data" "$work/runs"
 data_dir="$work/data/$name"
 run_dir="$work/runs/$name"
+# A run left by an earlier, failed attempt (the container's home survives `docker compose up` re-runs) is ours to
+# replace; the prepared dataset is replaced by `data prepare` itself.
+rm -rf "$run_dir"
 
 # The *_ARGS variables are split on whitespace on purpose (flags and their values).
 # shellcheck disable=SC2086
