@@ -204,3 +204,24 @@ def test_malformed_meta_names_the_meta_file(tmp_path: Path) -> None:
     assert (err.value.path, err.value.line, err.value.field) == (str(meta), 2, "asin")
     with pytest.raises(FileNotFoundError):
         read_source(reviews, "auto", ReadOptions(meta=tmp_path / "missing.json"))
+
+
+def test_2014_python_literal_metadata(tmp_path: Path) -> None:
+    reviews = _write(tmp_path / "reviews_Beauty_5.json", _jsonl(REVIEWS_2018))
+    meta_2014 = (
+        "{'asin': 'B1', 'title': \"L'Oreal Lipstick\", 'brand': 'LOreal', "
+        "'categories': [['Beauty', 'Makeup', 'Lips'], ['Beauty', 'Sets']]}\n"
+        "{'asin': 'B2', 'description': 'Soft.'}\n"
+    )
+    meta = _write(tmp_path / "meta_Beauty.json.gz", meta_2014, gz=True)
+    raw = read_source(reviews, "auto", ReadOptions(meta=meta))
+    assert raw.item_text["B1"] == {
+        "title": "L'Oreal Lipstick",
+        "brand": "LOreal",
+        "categories": "Beauty > Makeup > Lips; Beauty > Sets",
+    }
+    assert raw.item_text["B2"] == {"description": "Soft."}
+    bad = _write(tmp_path / "bad.json", "{'asin': 'B1', 'title': __import__('os')}\n")
+    with pytest.raises(DataFormatError, match="bad JSON") as err:
+        read_source(reviews, "auto", ReadOptions(meta=bad))
+    assert err.value.line == 1

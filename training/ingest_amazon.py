@@ -1,12 +1,13 @@
 """Amazon review dumps (McAuley lab) as JSON lines, gzip or plain, in the 2018 or the 2023 layout.
 
-Reviews give the interactions (rating, time, review text); the optional metadata file gives item text,
-reduced to the canonical fields title, brand, categories (path joined with " > ") and description (list
-joined with " ").
+The 2014 dumps use the 2018 key names (their metadata is Python literals, also read here). Reviews give
+the interactions (rating, time, review text); the optional metadata file gives item text, reduced to the
+canonical fields title, brand, categories (path joined with " > ") and description (list joined with " ").
 """
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,10 +82,22 @@ def _parse(path: Path, lineno: int, line: str) -> dict:
     try:
         rec = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        raise DataFormatError(path, lineno, None, f"bad JSON ({exc})") from None
+        rec = _python_literal(line)
+        if rec is None:
+            raise DataFormatError(path, lineno, None, f"bad JSON ({exc})") from None
     if not isinstance(rec, dict):
         raise DataFormatError(path, lineno, None, f"expected a JSON object, got {type(rec).__name__}")
     return rec
+
+
+def _python_literal(line: str) -> object | None:
+    """The 2014 metadata dumps hold Python dict literals ({'asin': ...}), not JSON; read those safely."""
+    if not line.lstrip().startswith("{'"):
+        return None
+    try:
+        return ast.literal_eval(line)  # literals only: never evaluates code
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
 
 
 def _first_record(path: Path) -> tuple[int, dict]:
