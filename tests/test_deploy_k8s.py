@@ -128,35 +128,53 @@ def test_schema_validation_rejects_a_broken_object(overlay):
 
 
 # ---------------------------------------------------------------- pod hardening and sizing
+def check_hardened_and_sized(where: str, spec: dict[str, Any]) -> None:
+    psc = spec.get("securityContext", {})
+    assert psc.get("runAsNonRoot") is True, where
+    assert isinstance(psc.get("runAsUser"), int) and psc["runAsUser"] > 0, where
+    assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+    assert spec.get("automountServiceAccountToken") is False, where
+    vols = {v["name"]: v for v in spec.get("volumes", [])}
+    for c in spec["containers"] + spec.get("initContainers", []):
+        csc = c.get("securityContext", {})
+        assert csc.get("readOnlyRootFilesystem") is True, f"{where} {c['name']}"
+        assert csc.get("allowPrivilegeEscalation") is False, f"{where} {c['name']}"
+        assert csc.get("capabilities", {}).get("drop") == ["ALL"], f"{where} {c['name']}"
+        res = c.get("resources", {})
+        assert {"cpu", "memory"} <= set(res.get("requests", {})), f"{where} {c['name']}: requests"
+        assert "memory" in res.get("limits", {}), f"{where} {c['name']}: memory limit"
+        # A read-only root filesystem needs a writable /tmp (Python, ONNX Runtime and matplotlib write there).
+        (tmp,) = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+        assert "emptyDir" in vols[tmp["name"]], f"{where}: /tmp is not an emptyDir"
+
+
 def test_every_pod_is_hardened_and_sized(overlay):
     name, docs = overlay
     owners = [d for d in docs if d["kind"] in POD_OWNERS]
-    assert owners
+    assert len(owners) == 3
     for obj in owners:
-        where = f"{name}: {obj['kind']}/{obj['metadata']['name']}"
-        spec = pod_spec(obj)
-        psc = spec.get("securityContext", {})
-        assert psc.get("runAsNonRoot") is True, where
-        assert isinstance(psc.get("runAsUser"), int) and psc["runAsUser"] > 0, where
-        assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
-        assert spec.get("automountServiceAccountToken") is False, where
-        mounts_tmp = False
-        for c in spec["containers"] + spec.get("initContainers", []):
-            csc = c.get("securityContext", {})
-            assert csc.get("readOnlyRootFilesystem") is True, f"{where} {c['name']}"
-            assert csc.get("allowPrivilegeEscalation") is False, f"{where} {c['name']}"
-            assert csc.get("capabilities", {}).get("drop") == ["ALL"], f"{where} {c['name']}"
-            res = c.get("resources", {})
-            assert {"cpu", "memory"} <= set(res.get("requests", {})), f"{where} {c['name']}: requests"
-            assert "memory" in res.get("limits", {}), f"{where} {c['name']}: memory limit"
-            mounts_tmp |= any(m["mountPath"] == "/tmp" for m in c.get("volumeMounts", []))
-        # A read-only root filesystem needs a writable /tmp (Python, ONNX Runtime and matplotlib write there).
-        assert mounts_tmp, f"{where}: no /tmp volume"
-        vols = {v["name"]: v for v in spec.get("volumes", [])}
-        for c in spec["containers"]:
-            for m in c.get("volumeMounts", []):
-                if m["mountPath"] == "/tmp":
-                    assert "emptyDir" in vols[m["name"]], f"{where}: /tmp is not an emptyDir"
+        check_hardened_and_sized(f"{name}: {obj['kind']}/{obj['metadata']['name']}", pod_spec(obj))
+
+
+def test_toolbox_pod_is_valid_hardened_and_mounts_the_rendered_claims(overlay):
+    """k8s/tools/toolbox.yaml is applied by hand next to an overlay (docs/deploy.md)."""
+    import kubernetes_validate
+
+    _, docs = overlay
+    pod = yaml.safe_load((ROOT / "k8s" / "tools" / "toolbox.yaml").read_text(encoding="utf-8"))
+    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+    check_hardened_and_sized("toolbox", pod["spec"])
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {d["metadata"]["name"] for d in by_kind(docs, "PersistentVolumeClaim")}
+    assert ("ServiceAccount", pod["spec"]["serviceAccountName"]) in {
+        (d["kind"], d["metadata"]["name"]) for d in docs
+    }
+    mounts = {m["mountPath"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert not mounts["/var/lib/edgerec/models"].get("readOnly")  # the one place the store is changed by hand
 
 
 def test_api_probes_affinity_and_rollout(overlay):
