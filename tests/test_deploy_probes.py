@@ -33,8 +33,10 @@ TRAINER_VARS = {
 
 @pytest.fixture(scope="module")
 def get_routes() -> set[str]:
+    # The OpenAPI document is FastAPI's public view of every route and method (app.routes may hold lazily
+    # included routers). The last test below calls the probes for real.
     app = create_app(Settings(redis_url="redis://127.0.0.1:6379/0", log_json=False))
-    return {r.path for r in app.routes if "GET" in (getattr(r, "methods", None) or set())}
+    return {path for path, ops in app.openapi()["paths"].items() if "get" in ops}
 
 
 @pytest.fixture(scope="module")
