@@ -82,17 +82,14 @@ def _prepare_and_train(data: str, home: Path, console) -> Path:
     return run_dir
 
 
-def _export_and_promote(run_dir: Path, store_root: Path, console) -> str:
-    from training.export import export_run
+def _export_and_promote(run_dir: Path, home: Path, store_root: Path, console) -> str:
+    from training.export import export_run, publish
 
-    from model_store import ModelStore
-
-    console.print("[bold]export[/]: ONNX encoder, item index, graph → model store ...")
-    store = ModelStore(store_root)
-    result = export_run(run_dir, store=store, promote=True)
-    version = getattr(result, "version", None) or str(result)
-    console.print(f"  published and promoted [green]{version}[/]")
-    return store.current()
+    console.print("[bold]export[/]: ONNX encoder (checked against torch), item index, graph ...")
+    folder = export_run(run_dir, home / "exports" / run_dir.name, overwrite=True)
+    version = publish(folder, store_root, promote=True)
+    console.print(f"  published and promoted [green]{version}[/] in {store_root}")
+    return version
 
 
 class _Server:
@@ -149,7 +146,7 @@ def demo(
         )
     except NoCurrentVersion:
         run_dir = _prepare_and_train(data, settings.home, console)
-        version = _export_and_promote(run_dir, settings.store_root, console)
+        version = _export_and_promote(run_dir, settings.home, settings.store_root, console)
     t_model = time.perf_counter() - t0
 
     port = port or _free_port()

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     use_gpu: Literal["auto", "yes", "no"] = Field(
         "auto", description="CUDA provider / FAISS GPU: auto uses them when present."
     )
+    encoder_int8: bool = Field(
+        False, description="Serve encoder.int8.onnx (dynamic INT8 quantisation) when the version has one."
+    )
     encoder_threads: int = Field(0, ge=0, description="Intra-op threads of the encoder (0: library default).")
     batch_max_size: int = Field(32, ge=1, le=1024, description="Most requests encoded in one micro-batch.")
     batch_max_wait_ms: float = Field(

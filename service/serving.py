@@ -31,16 +31,22 @@ def _load_encoder(handle: VersionHandle, settings: Settings) -> Any:
     from graphprompt import encoder as enc
 
     want = settings.encoder
-    if want in ("auto", "onnx") and handle.has(enc.ONNX_FILE):
+    onnx_name = enc.ONNX_INT8_FILE if settings.encoder_int8 else enc.ONNX_FILE
+    if want in ("auto", "onnx") and handle.has(onnx_name):
         providers = ["CPUExecutionProvider"] if settings.use_gpu == "no" else enc.default_providers()
         threads = settings.encoder_threads or None
-        return enc.OnnxEncoder(handle.file(enc.ONNX_FILE), providers=providers, intra_op_threads=threads)
+        return enc.OnnxEncoder(handle.file(onnx_name), providers=providers, intra_op_threads=threads)
     if want == "onnx":
-        raise FileNotFoundError(f"version {handle.version} has no {enc.ONNX_FILE} and EDGEREC_ENCODER=onnx")
-    handle.file(enc.TORCH_WEIGHTS_FILE)  # raises a clear error when the torch weights are missing too
+        raise FileNotFoundError(f"version {handle.version} has no {onnx_name} and EDGEREC_ENCODER=onnx")
+    # The torch fallback (torch imported lazily); the manifest lookups name any missing file.
+    handle.file(enc.TORCH_WEIGHTS_FILE)
     handle.file(enc.MODEL_CONFIG_FILE)
-    device = "cpu" if settings.use_gpu == "no" else "auto"
-    return enc.TorchEncoder.from_folder(handle.path, device=device, threads=settings.encoder_threads or None)
+    import torch
+
+    if settings.encoder_threads:
+        torch.set_num_threads(settings.encoder_threads)
+    device = "cuda" if settings.use_gpu != "no" and torch.cuda.is_available() else "cpu"
+    return enc.TorchEncoder(handle.path, device=device)
 
 
 @dataclass(eq=False)
