@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -183,7 +184,7 @@ def export_onnx(model, path: Path, sample: tuple[np.ndarray, np.ndarray, np.ndar
     module = _UserVector.wrap(model)
     args = tuple(torch.from_numpy(a) for a in sample)
     names = {"input_names": list(INPUT_NAMES), "output_names": [OUTPUT_NAME]}
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_logger("torch.onnx"):
         warnings.simplefilter("ignore")  # the exporters are chatty (deprecations, dim renames)
         if exporter == "dynamo":
             batch = torch.export.Dim("batch", max=1 << 16)
@@ -209,6 +210,18 @@ def export_onnx(model, path: Path, sample: tuple[np.ndarray, np.ndarray, np.ndar
         else:
             raise ValueError(f"unknown exporter {exporter!r}")
     _stamp_metadata(path, model.cfg)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """The dynamo exporter logs a warning per torchvision op it cannot find; none of them is ours."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _fix_output_dim(path: Path, dim: int) -> None:
