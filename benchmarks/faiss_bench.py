@@ -179,6 +179,11 @@ def main() -> None:
     ap.add_argument("--big-items", type=int, default=1_000_000)
     ap.add_argument("--big-dim", type=int, default=64)
     ap.add_argument("--skip-big", action="store_true")
+    ap.add_argument(
+        "--isotropic",
+        action="store_true",
+        help="small catalogue from plain Gaussian noise (worst case for ANN)",
+    )
     ap.add_argument("--queries", type=int, default=400)
     ap.add_argument("--big-queries", type=int, default=320)
     ap.add_argument("--blob-mb", type=int, default=50)
@@ -195,6 +200,11 @@ def main() -> None:
         emb = np.ascontiguousarray(np.load(args.embeddings, allow_pickle=False), dtype=np.float32)
         q = queries_from_items(emb, args.queries, seed=1)
         label = f"real embeddings {args.embeddings}"
+    elif args.isotropic:
+        rng = np.random.default_rng(1)
+        emb = rng.standard_normal((args.items, args.dim), dtype=np.float32)
+        q = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
+        label = "synthetic isotropic Gaussian (beauty size)"
     else:
         emb, q = clustered(args.items, args.dim, args.queries, seed=1)
         label = "synthetic clustered (beauty size)"
@@ -203,8 +213,9 @@ def main() -> None:
     if not args.skip_big:
         del emb, q
         big, bq = clustered(args.big_items, args.big_dim, args.big_queries, seed=2)
+        size = "1M" if args.big_items == 1_000_000 else f"{args.big_items:,}"
         bench_catalogue(
-            "synthetic clustered 1M", big, bq, nprobes=[8, 32, 128], efs=[128, 256, 512], **threads
+            f"synthetic clustered {size}", big, bq, nprobes=[8, 32, 128], efs=[128, 256, 512], **threads
         )
 
 

@@ -414,3 +414,17 @@ def test_concurrent_publishes_from_processes(tmp_path: Path) -> None:
     for vid in ids:
         s.verify(vid)
     assert list(s.tmp_dir.iterdir()) == []
+
+
+def test_ids_stay_sorted_when_the_clock_steps_back(store: ModelStore, src: Path, monkeypatch) -> None:
+    first = store.publish(src)
+
+    class PastClock(store_mod.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return store_mod.datetime(2001, 1, 1, tzinfo=tz)
+
+    monkeypatch.setattr(store_mod, "datetime", PastClock)
+    second, third = store.publish(src), store.publish(src)
+    assert first < second < third
+    assert store.manifest(second).created_at > store.manifest(first).created_at
