@@ -22,6 +22,8 @@ name=${EDGEREC_TRAIN_NAME:-source}
 home=${EDGEREC_HOME:-.edgerec}
 work="$home/bootstrap"
 
+command -v edgerec >/dev/null 2>&1 || { log "the edgerec CLI is not on PATH"; exit 127; }
+
 if [ "${EDGEREC_TRAIN_FORCE:-0}" != 1 ]; then
   # `models verify current` exits 0 only when a version is promoted and every file matches its manifest; with no
   # promoted version (or a damaged one) it exits non-zero and we train a fresh one.
