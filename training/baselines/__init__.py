@@ -13,6 +13,7 @@ from training.baselines.base import BaselineResult, Recommender, select_and_test
 REGISTRY: dict[str, str] = {
     "pop": "training.baselines.pop:Pop",
     "itemknn": "training.baselines.itemknn:ItemKNN",
+    "itemknn-noshrink": "training.baselines.itemknn:ItemKNNNoShrink",
     "ease": "training.baselines.ease:EASE",
     "lightgcn": "training.baselines.lightgcn:LightGCN",
     "multivae": "training.baselines.multivae:MultiVAE",
@@ -20,7 +21,7 @@ REGISTRY: dict[str, str] = {
 
 
 def get(name: str) -> type[Recommender]:
-    key = name.strip().lower().replace("-", "").replace("_", "")
+    key = name.strip().lower().replace("_", "-")
     if key not in REGISTRY:
         raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(REGISTRY)}")
     module, cls = REGISTRY[key].split(":")

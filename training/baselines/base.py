@@ -51,7 +51,8 @@ class Recommender(ABC):
         return {}
 
     @abstractmethod
-    def fit(self, train: sp.csr_matrix, valid: sp.csr_matrix | None = None) -> Recommender: ...
+    def fit(self, train: sp.csr_matrix, valid: sp.csr_matrix | None = None, log=None) -> Recommender:
+        """Fit on ``train``; iterative models early-stop on ``valid`` and report progress through ``log``."""
 
     @abstractmethod
     def score(self, users: np.ndarray) -> np.ndarray:
@@ -105,6 +106,7 @@ class BaselineResult:
     search_seconds: float  # whole grid search including evaluations
     info: dict[str, Any] = field(default_factory=dict)
     trials: list[TrialResult] = field(default_factory=list)
+    grid_keys: list[str] = field(default_factory=list)  # the hyper-parameters that were searched
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +117,7 @@ class BaselineResult:
             "fit_seconds": self.fit_seconds,
             "search_seconds": self.search_seconds,
             "info": self.info,
+            "grid_keys": self.grid_keys,
             "trials": [t.__dict__ for t in self.trials],
         }
 
@@ -136,7 +139,7 @@ def select_and_test(
         params = {**(fixed or {}), **point}
         model = model_cls(**params)
         t0 = time.perf_counter()
-        model.fit(dataset.train, dataset.valid)
+        model.fit(dataset.train, dataset.valid, log=log)
         fit_s = time.perf_counter() - t0
         valid = evaluate(model.score, dataset, "valid", DEFAULT_KS, DEFAULT_NDCG_KS, batch_size=batch_size)
         trial = TrialResult(model.params, valid, fit_s, dict(model.info))
@@ -160,6 +163,7 @@ def select_and_test(
         search_seconds=time.perf_counter() - t_search,
         info=trial.info,
         trials=trials,
+        grid_keys=list(grid),
     )
 
 

@@ -19,13 +19,13 @@ from training.baselines.base import Recommender
 
 class EASE(Recommender):
     name = "EASE"
-    grid = {"lam": [50.0, 100.0, 200.0, 500.0, 1000.0]}
+    grid = {"lam": [50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0]}
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         return {"lam": 200.0, "float32_above": 5000}
 
-    def fit(self, train: sp.csr_matrix, valid: sp.csr_matrix | None = None) -> EASE:
+    def fit(self, train: sp.csr_matrix, valid: sp.csr_matrix | None = None, log=None) -> EASE:
         lam = float(self.params["lam"])
         if lam <= 0:
             raise ValueError(f"EASE: lam must be positive, got {lam}")

@@ -11,7 +11,7 @@ from training.baselines.base import Recommender
 class Pop(Recommender):
     name = "Pop"
 
-    def fit(self, train: sp.csr_matrix, valid: sp.csr_matrix | None = None) -> Pop:
+    def fit(self, train: sp.csr_matrix, valid: sp.csr_matrix | None = None, log=None) -> Pop:
         self.train = self._check_train(train)
         self.counts = np.asarray(self.train.sum(axis=0), dtype=np.float32).ravel()
         return self

@@ -1,0 +1,84 @@
+"""Protocol checks behind the Baselines section of docs/benchmarks.md.
+
+``protocol``: the same fitted models under three test protocols, to show which one the reference numbers of
+``../shared/datasets/README.md`` follow:
+  A  fit on train, test with train + valid masked (the harness, ``training.evaluation``);
+  B  fit on train, test with train masked only (validation items stay rankable);
+  C  refit on train + valid, test with train + valid masked.
+``seeds``: the spread of test metrics over split seeds at fixed hyper-parameters (how far a reference number
+from another shuffle of the same protocol can be expected to lie).
+
+    OMP_NUM_THREADS=1 python -m benchmarks.baselines_bench protocol amazon-office
+    OMP_NUM_THREADS=1 python -m benchmarks.baselines_bench seeds amazon-office --seeds 98765,1,2,3,4,5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import scipy.sparse as sp
+
+from training.baselines import get
+from training.dataset import prepare
+from training.evaluation import evaluate
+from training.ingest import read_source
+
+DATASETS = Path(
+    os.environ.get("EDGEREC_DATASETS", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")
+)
+MODELS = [("pop", {}), ("itemknn", {"k": 200, "shrink": 0.0}), ("ease", {"lam": 200.0})]
+
+
+def _fmt(m: dict) -> str:
+    return f"{m['recall@20']:.4f} / {m['recall@40']:.4f} / {m['ndcg@100']:.4f}"
+
+
+def protocol(name: str) -> None:
+    ds = prepare(read_source(DATASETS / name), name)
+    empty = sp.csr_matrix(ds.train.shape, dtype=np.float32)
+    only_train = SimpleNamespace(train=ds.train, valid=empty, test=ds.test)
+    train_valid = (ds.train + ds.valid).tocsr()
+    refit = SimpleNamespace(train=train_valid, valid=empty, test=ds.test)
+    print(f"## {name}: test R@20 / R@40 / N@100 under three protocols")
+    print("| model | params | A: mask train+valid | B: mask train | C: refit on train+valid |")
+    print("|---|---|---|---|---|")
+    for model, params in MODELS:
+        m = get(model)(**params).fit(ds.train)
+        a = evaluate(m.score, ds, "test")
+        b = evaluate(m.score, only_train, "test")
+        c = evaluate(get(model)(**params).fit(train_valid).score, refit, "test")
+        print(f"| {model} | {params} | {_fmt(a)} | {_fmt(b)} | {_fmt(c)} |", flush=True)
+
+
+def seeds(name: str, seed_list: list[int]) -> None:
+    raw = read_source(DATASETS / name)
+    print(f"## {name}: test R@20 / R@40 / N@100 per split seed (fixed hyper-parameters)")
+    print("| split seed | " + " | ".join(f"{m} {p}" for m, p in MODELS) + " |")
+    print("|---|" + "---|" * len(MODELS))
+    for seed in seed_list:
+        ds = prepare(raw, name, seed=seed)
+        cells = [_fmt(evaluate(get(m)(**p).fit(ds.train).score, ds, "test")) for m, p in MODELS]
+        print(f"| {seed} | " + " | ".join(cells) + " |", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["protocol", "seeds"])
+    ap.add_argument("dataset")
+    ap.add_argument("--seeds", default="98765,1,2,3,4,5")
+    args = ap.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        if args.what == "protocol":
+            protocol(args.dataset)
+        else:
+            seeds(args.dataset, [int(s) for s in args.seeds.split(",")])
+
+
+if __name__ == "__main__":
+    main()
