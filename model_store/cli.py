@@ -45,12 +45,14 @@ def _errors() -> Iterator[None]:
 def _console():
     from rich.console import Console
 
-    return Console()
+    con = Console()
+    # Piped output (files, CI logs) would otherwise be squeezed to 80 columns and fold every metric.
+    return con if con.is_terminal else Console(width=max(con.width, 140))
 
 
-def _fmt_metrics(metrics: dict[str, dict[str, float]], split: str) -> str:
+def _fmt_metrics(metrics: dict[str, dict[str, float]], split: str, sep: str = " ") -> str:
     vals = metrics.get(split) or {}
-    return " ".join(f"{k}={v:.4g}" for k, v in sorted(vals.items())) or "-"
+    return sep.join(f"{k}={v:.4g}" for k, v in sorted(vals.items())) or "-"
 
 
 def _fmt_size(n: int) -> str:
@@ -64,6 +66,7 @@ def _fmt_size(n: int) -> str:
 @models_app.command("list")
 def list_cmd(store: Path | None = STORE_OPTION) -> None:
     """All versions, oldest first; * marks the promoted one, ^ the rollback target."""
+    from rich import box
     from rich.table import Table
 
     with _errors():
@@ -72,25 +75,27 @@ def list_cmd(store: Path | None = STORE_OPTION) -> None:
         if not rows:
             typer.echo(f"no versions in {s.root}")
             return
-        table = Table(title=f"model versions in {s.root}")
+        table = Table(title=f"model versions in {s.root}", box=box.SIMPLE_HEAD)
         table.add_column("")
         table.add_column("version", no_wrap=True)
-        table.add_column("created_at", no_wrap=True)
-        for col in ("size", "valid metrics", "test metrics"):
-            table.add_column(col)
+        table.add_column("created_at (UTC)", no_wrap=True)
+        table.add_column("size", no_wrap=True, justify="right")
+        table.add_column("valid", min_width=17, overflow="fold")
+        table.add_column("test", min_width=17, overflow="fold")
         for r in rows:
             mark = "*" if r.promoted else ("^" if r.previous else "")
             if r.error:
                 table.add_row(mark, r.version, "-", _fmt_size(r.size_bytes), f"[red]{r.error}[/red]", "")
-            else:
-                table.add_row(
-                    mark,
-                    r.version,
-                    r.created_at or "-",
-                    _fmt_size(r.size_bytes),
-                    _fmt_metrics(r.metrics, "valid"),
-                    _fmt_metrics(r.metrics, "test"),
-                )
+                continue
+            created = (r.created_at or "-").replace("T", " ").rstrip("Z").split(".")[0]
+            table.add_row(
+                mark,
+                r.version,
+                created,
+                _fmt_size(r.size_bytes),
+                _fmt_metrics(r.metrics, "valid", "\n"),
+                _fmt_metrics(r.metrics, "test", "\n"),
+            )
         _console().print(table)
 
 
