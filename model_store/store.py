@@ -190,8 +190,12 @@ class ModelStore:
                 )
                 _write_file_synced(work / MANIFEST_NAME, manifest.to_json().encode())
                 _fsync_dir(work)
-                _make_read_only(work)
-                os.rename(work, self.versions_dir / version)
+                _make_read_only(work, keep_top_writable=True)
+                final = self.versions_dir / version
+                os.rename(work, final)
+                # Linux needs write permission on a folder to move it to another parent (its ".." changes),
+                # so the top folder turns read-only only once it is in place.
+                os.chmod(final, 0o555)
                 _fsync_dir(self.versions_dir)
             return version
         except BaseException:
@@ -436,6 +440,7 @@ class ModelStore:
             for vid in doomed:
                 # Rename first so the version disappears at once even if deleting the files is slow or fails.
                 trash = self.tmp_dir / f"trash-{vid}-{uuid.uuid4().hex[:8]}"
+                os.chmod(self.versions_dir / vid, stat.S_IRWXU)  # moving a folder needs write on it
                 os.rename(self.versions_dir / vid, trash)
                 _remove_tree(trash)
             if doomed:
@@ -539,12 +544,13 @@ def _dirs_bottom_up(root: Path) -> list[Path]:
     return [Path(d) for d, _, _ in os.walk(root, topdown=False)]
 
 
-def _make_read_only(root: Path) -> None:
+def _make_read_only(root: Path, keep_top_writable: bool = False) -> None:
     for d, _, files in os.walk(root):
         for f in files:
             os.chmod(os.path.join(d, f), 0o444)
     for d in _dirs_bottom_up(root):
-        os.chmod(d, 0o555)
+        if not (keep_top_writable and d == root):
+            os.chmod(d, 0o555)
 
 
 def _remove_tree(root: Path) -> None:
