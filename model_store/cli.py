@@ -64,14 +64,22 @@ def _fmt_size(n: int) -> str:
 
 
 @models_app.command("list")
-def list_cmd(store: Path | None = STORE_OPTION) -> None:
+def list_cmd(
+    store: Path | None = STORE_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as a JSON list."),
+) -> None:
     """All versions, oldest first; * marks the promoted one, ^ the rollback target."""
+    from dataclasses import asdict
+
     from rich import box
     from rich.table import Table
 
     with _errors():
         s = _store(store)
         rows = s.list()
+        if as_json:
+            typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
+            return
         if not rows:
             typer.echo(f"no versions in {s.root}")
             return

@@ -63,6 +63,10 @@ def test_publish_list_show_verify_promote_rollback_gc(app, runner, tmp_path: Pat
     assert "ndcg@20=0.0421" in r.output
     line_b = next(line for line in r.output.splitlines() if vb in line)
     assert "*" in line_b
+    r = _invoke(runner, app, "list", "--json", "--store", store)
+    rows = json.loads(r.output)
+    assert [(x["version"], x["promoted"]) for x in rows] == [(va, False), (vb, True)]
+    assert rows[0]["metrics"]["test"] == {"ndcg@20": 0.0421}
 
     r = _invoke(runner, app, "show", va, "--store", store, "--json")
     assert r.exit_code == 0, r.output
