@@ -28,7 +28,7 @@ def export_cmd(
     store: Path | None = typer.Option(
         None,
         "--store",
-        help="Model store [default: $EDGEREC_MODEL_STORE or ./.edgerec/models].",
+        help="Model store (default: $EDGEREC_MODEL_STORE or ./.edgerec/models).",
         show_default=False,
     ),
     publish: bool = typer.Option(True, "--publish/--no-publish", help="Publish the version into the store."),
@@ -38,7 +38,7 @@ def export_cmd(
     out: Path | None = typer.Option(
         None,
         "--out",
-        help="Keep the version folder here [default: RUN_DIR/export with --no-publish, else a temp folder].",
+        help="Keep the version folder here (default: RUN_DIR/export with --no-publish, else a temp folder).",
         show_default=False,
     ),
     dataset: str | None = typer.Option(
