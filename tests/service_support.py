@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -116,3 +119,74 @@ class ServerThread:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+# ------------------------------------------------------------------------------------------ tiny real model
+DATASETS = Path(
+    os.environ.get("EDGEREC_DATASETS", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")
+)
+SLICE_USERS = 400  # first users (by raw id) of amazon-office; 3-core leaves a few hundred users and items
+_STORE: dict[str, object] = {}
+
+
+@dataclass
+class TinyStore:
+    root: Path  # model store root
+    versions: list[str]  # two versions (seeds 0 and 1); the first is promoted
+    user_ids: list[str]
+    item_ids: list[str]
+    train_items: dict[str, list[str]]  # raw user id -> raw train item ids
+
+
+def tiny_store() -> TinyStore:
+    """Two tiny real model versions (1 layer, 32-d, one fine-tuning epoch) on a slice of amazon-office,
+    trained and exported through training/ once per test process (shared by every service test module)."""
+    if "store" in _STORE:
+        return _STORE["store"]  # type: ignore[return-value]
+    src = DATASETS / "amazon-office"
+    if not src.is_dir():
+        pytest.skip(f"{src} is absent (the shared datasets are only on dev/CI machines)")
+    import torch
+
+    from training.dataset import RawInteractions, prepare
+    from training.export import export_run, publish
+    from training.ingest import read_source
+    from training.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    root = Path(tempfile.mkdtemp(prefix="edgerec-service-tests-"))
+    atexit.register(shutil.rmtree, root, True)
+    raw = read_source(src)
+    keep = set(sorted(set(raw.users))[:SLICE_USERS])
+    rows = [k for k, u in enumerate(raw.users) if u in keep]
+    sub = RawInteractions(
+        users=[raw.users[k] for k in rows],
+        items=[raw.items[k] for k in rows],
+        item_text=raw.item_text,
+        source=raw.source,
+    )
+    ds = prepare(sub, "office-tiny", k_core=3)
+    ds.save(root / "data")
+    versions = []
+    for seed in (0, 1):
+        cfg = TrainConfig(
+            dataset=str(root / "data"),
+            run_dir=str(root / f"run{seed}"),
+            seed=seed,
+            n_layer=1,
+            n_embd=32,
+            n_head=2,
+            word_vocab=300,
+            pretrain_rounds=0,
+            content_warmup=0,
+            epochs=1,
+            patience=1,
+            prompt={"max_history": 30, "n_co_users": 5, "n_two_hop_items": 5},
+        )
+        train(cfg, quiet=True)
+        folder = export_run(root / f"run{seed}", root / f"export{seed}")
+        versions.append(publish(folder, root / "store", promote=seed == 0))
+    train_items = {ds.user_ids[u]: [ds.item_ids[i] for i in ds.train[u].indices] for u in range(ds.n_users)}
+    store = TinyStore(root / "store", versions, list(ds.user_ids), list(ds.item_ids), train_items)
+    _STORE["store"] = store
+    return store
