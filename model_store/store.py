@@ -457,6 +457,9 @@ class ModelStore:
         for p in self.tmp_dir.iterdir():
             if p.name.startswith("trash-"):
                 _remove_tree(p)
+            elif p.name.startswith("publish-") and p.name.endswith(".lock") and p.is_file():
+                if not Path(str(p)[: -len(".lock")]).exists():
+                    _unlink_if_unlocked(p)  # left by a publisher that died after its rename
             elif p.name.startswith("publish-") and p.is_dir():
                 lock = Path(str(p) + ".lock")
                 if not lock.exists():
@@ -475,6 +478,18 @@ class ModelStore:
 
 
 # ---------------------------------------------------------------------- file helpers
+def _unlink_if_unlocked(lock: Path) -> None:
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(lock)
+
+
 def _scan_source(src: Path) -> list[str]:
     """Relative names of the files to publish; refuses forbidden types and symlinks, naming each offender."""
     names, problems = [], []

@@ -383,8 +383,10 @@ def test_gc_removes_dead_publish_leftovers_only(store: ModelStore, src: Path) ->
         assert live.exists()
     finally:
         os.close(fd)
+    (store.tmp_dir / "publish-orphan.lock").touch()  # publisher died between its rename and unlinking this
     store.gc(keep=5)
     assert not live.exists()
+    assert list(store.tmp_dir.iterdir()) == []
 
 
 # ---------------------------------------------------------------------- concurrency
