@@ -224,9 +224,10 @@ def load_index(folder: str | os.PathLike[str], use_gpu: bool | str = "auto") -> 
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise ValueError(f"{index_path} is not an inner-product index")
     item_index = ItemIndex(cpu_index=index, info=info)
-    if info.kind == "ivf":
+    # The search knobs are not part of the faiss file's contract; index.json is where they are recorded.
+    if info.kind == "ivf" and "nprobe" in info.params:
         faiss.extract_index_ivf(index).nprobe = int(info.params["nprobe"])
-    elif info.kind == "hnsw":
+    elif info.kind == "hnsw" and "ef_search" in info.params:
         index.hnsw.efSearch = int(info.params["ef_search"])
 
     want_gpu = use_gpu is True or (use_gpu == "auto" and info.kind in GPU_KINDS and gpu_available())
