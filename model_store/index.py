@@ -85,7 +85,7 @@ class ItemIndex:
         if nprobe is not None:
             if self.info.kind != "ivf":
                 raise ValueError(f"nprobe applies to ivf indexes, this one is {self.info.kind}")
-            nlist = self.info.params["nlist"]
+            nlist = int(faiss.extract_index_ivf(self.cpu_index).nlist)
             if not 1 <= nprobe <= nlist:
                 raise ValueError(f"nprobe must be in 1..{nlist}, got {nprobe}")
             faiss.extract_index_ivf(self.cpu_index).nprobe = nprobe
