@@ -10,7 +10,8 @@
 #                         name the CLI knows (ml-100k); default /data/source
 #   EDGEREC_TRAIN_NAME    dataset name; default "source"
 #   EDGEREC_PREPARE_ARGS, EDGEREC_TRAIN_ARGS, EDGEREC_EXPORT_ARGS
-#                         extra flags for each step, split on whitespace (no quoting), e.g. "--k-core 10"
+#                         extra flags for each step, split on whitespace (no quoting), e.g. "--k-core 10" or
+#                         "--set epochs=20 --set n_layer=4" (TrainConfig fields, training/train.py)
 #   EDGEREC_TRAIN_FORCE   1: train and promote even when a promoted version exists
 #   EDGEREC_HOME, EDGEREC_MODEL_STORE   as for every edgerec command
 set -eu
@@ -45,7 +46,7 @@ rm -rf "$run_dir"
 # shellcheck disable=SC2086
 edgerec data prepare "$source_arg" --name "$name" --out "$data_dir" ${EDGEREC_PREPARE_ARGS:-}
 # shellcheck disable=SC2086
-edgerec train "$data_dir" --out "$run_dir" ${EDGEREC_TRAIN_ARGS:-}
+edgerec train "$data_dir" --run-dir "$run_dir" --quiet ${EDGEREC_TRAIN_ARGS:-}
 # shellcheck disable=SC2086
 edgerec export "$run_dir" --publish --promote ${EDGEREC_EXPORT_ARGS:-}
 

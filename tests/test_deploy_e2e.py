@@ -32,9 +32,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets" / "movielens-100k"
 N_USERS = 150  # slice of MovieLens 100K: enough for 5-core filtering, small enough to train in seconds
 # A deliberately tiny recipe (flags of `edgerec train`); quality is not the point here, the wiring is.
-TINY_TRAIN_ARGS = (
-    "--n-layer 1 --n-embd 32 --n-head 2 --word-vocab 300 --pretrain-rounds 1 --content-warmup 0 "
-    "--epochs 1 --patience 1 --max-eval-users 50"
+TINY_TRAIN_ARGS = " ".join(
+    f"--set {kv}"
+    for kv in (
+        "n_layer=1",
+        "n_embd=32",
+        "n_head=2",
+        "word_vocab=300",
+        "pretrain_rounds=1",
+        "content_warmup=0",
+        "epochs=1",
+        "patience=1",
+        "max_eval_users=50",
+        "eval_batch=64",
+    )
 )
 VAR = re.compile(r"\$\{(?P<name>[A-Z][A-Z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
