@@ -1,0 +1,524 @@
+"""The training recipe: data → graph → tokenizer → model → pre-training → fine-tuning → test, in one run
+folder.
+
+Run folder (default ``$EDGEREC_HOME/runs/<dataset>``)::
+
+    train_config.json  model_config.json  prompt_config.json  tokenizer.json  graph/   (the run's inputs)
+    pretrain/ckpt/     finetune/ckpt/     (last checkpoint of each stage: safetensors + JSON, for --resume)
+    pretrain/model.safetensors            (weights after pre-training; fine-tuning starts from them)
+    model.safetensors  metrics.json       (the selected model: best validation R@20 + R@40 + N@100; test
+    metrics)
+    log.jsonl  losses.png  valid.png
+
+Load a trained run with :func:`load_run` (model + prompt builder) or ``GraphGPT.load(run_dir)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from graphprompt.bias import BiasConfig
+from graphprompt.graph import BipartiteGraph
+from graphprompt.prompts import PromptBuilder, PromptConfig
+from graphprompt.tokenizer import RecTokenizer, item_corpus
+from training import loop
+from training.dataset import PreparedDataset
+from training.evaluation import evaluate
+from training.finetune import PredictiveData, score_users, targets_matrix, to_tensors
+from training.model import GraphGPT, ModelConfig
+from training.pretrain import PretrainData
+
+
+@dataclass
+class TrainConfig:
+    dataset: str  # prepared dataset folder, or a raw RecBole folder (prepared on the fly)
+    run_dir: str = ""  # default $EDGEREC_HOME/runs/<dataset name>
+    seed: int = 0
+    device: str = "auto"
+    # model
+    size: str = "small"  # small | gpt2 (shape); base_model loads pretrained GPT-2 weights from a local folder
+    base_model: str | None = None
+    n_layer: int | None = None
+    n_embd: int | None = None
+    n_head: int | None = None
+    word_vocab: int = 6000  # trained byte-level BPE size when no base model is given
+    svd_init: bool = True
+    bias_scale: float = 1.0
+    learn_bias_scale: bool = False
+    # prompts (PromptConfig fields) and graph bias
+    prompt: dict = field(default_factory=dict)
+    bias: dict = field(default_factory=dict)  # BiasConfig fields: enabled, mode, max_hops, c
+    # pre-training
+    pretrain_rounds: int = 2  # each round = one collaborative epoch + one content epoch
+    content_warmup: int = 1  # content epochs before the first round
+    pretrain_lr: float = 1e-3
+    pretrain_dropout: float = 0.1
+    pretrain_batch: int = 64
+    reg_lambda: float = 1.0  # mutual regulariser weight (sum over dims, mean over id-token positions)
+    neighbour_prompts: bool = True
+    group_prompts: bool = True
+    # fine-tuning
+    epochs: int = 40
+    lr: float = 3e-4
+    dropout: float = 0.5
+    batch_size: int = 64
+    target_frac: float = 0.5
+    target_variants: int = 4
+    all_train_targets: bool = False
+    patience: int = 5
+    weight_decay: float = 0.0
+    eval_batch: int = 256
+    max_eval_users: int | None = None  # validation on a fixed subset (quick runs); test always uses all users
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown train config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+def edgerec_home() -> Path:
+    return Path(os.environ.get("EDGEREC_HOME", "./.edgerec"))
+
+
+def load_dataset(spec: str) -> PreparedDataset:
+    """A prepared folder (``meta.json``), a prepared dataset's name under $EDGEREC_HOME/data, or a raw
+    folder."""
+    p = Path(spec)
+    if (p / "meta.json").exists():
+        return PreparedDataset.load(p)
+    named = edgerec_home() / "data" / spec
+    if (named / "meta.json").exists():
+        return PreparedDataset.load(named)
+    if p.exists():
+        from training.dataset import prepare
+        from training.ingest import read_source
+
+        return prepare(read_source(p), p.name.split(".")[0])
+    raise FileNotFoundError(
+        f"{spec}: not a prepared dataset folder, a name under {edgerec_home() / 'data'}, or a source"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ run set-up
+@dataclass
+class Run:
+    cfg: TrainConfig
+    dir: Path
+    data: PreparedDataset
+    graph: BipartiteGraph
+    tok: RecTokenizer
+    builder: PromptBuilder
+    model: GraphGPT
+    dist: loop.Dist
+    log: loop.RunLog
+    predictive: PredictiveData | None = None  # fine-tuning data (its cached eval prompts serve the test too)
+
+
+def build_run(
+    cfg: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    stages: tuple = ("pretrain", "finetune"),
+) -> Run:
+    d = loop.setup(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.dataset)
+    run_dir = Path(cfg.run_dir or edgerec_home() / "runs" / data.name)
+    if d.main:
+        _claim_run_dir(run_dir, cfg, resume, overwrite, tuple(stages))
+    loop.barrier(d)
+    graph = BipartiteGraph.from_matrix(data.train)
+    tok = _tokenizer(cfg, data, run_dir)
+    pcfg = PromptConfig.from_dict({**cfg.prompt, "bias": asdict(BiasConfig(**cfg.bias))})
+    pcfg.tokenizer = tok.counts()
+    builder = PromptBuilder(tok, graph, pcfg)
+    mcfg = ModelConfig.preset(cfg.size, n_words=tok.n_words, n_users=data.n_users, n_items=data.n_items)
+    for k in ("n_layer", "n_embd", "n_head"):
+        if getattr(cfg, k) is not None:
+            setattr(mcfg, k, getattr(cfg, k))
+    mcfg.bias_scale, mcfg.learn_bias_scale = cfg.bias_scale, cfg.learn_bias_scale
+    mcfg.n_positions = max(mcfg.n_positions, _max_prompt_len(pcfg))
+    model = GraphGPT.from_gpt2(cfg.base_model, mcfg) if cfg.base_model else GraphGPT(mcfg)
+    if cfg.svd_init:
+        model.init_ids_from_svd(data.train, seed=cfg.seed)
+    model.to(d.device)
+    if d.main:
+        (run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        (run_dir / "model_config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
+        tok.save(run_dir)
+        pcfg.save(run_dir / "prompt_config.json")
+        graph.save(run_dir / "graph")
+    return Run(cfg, run_dir, data, graph, tok, builder, model, d, loop.RunLog(run_dir / "log.jsonl", d.main))
+
+
+def _max_prompt_len(p: PromptConfig) -> int:
+    return (
+        32 + p.max_history + p.n_co_users + p.n_two_hop_items + max(p.max_main_items, p.max_text_tokens + 24)
+    )
+
+
+RESUME_MAY_CHANGE = ("run_dir", "epochs", "patience", "device")
+
+
+def _claim_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool, stages: tuple) -> None:
+    """Refuse to mix runs: a stage's existing state needs --resume (continue) or --overwrite (start again)."""
+    owned = [s for s in ("pretrain", "finetune") if s in stages] + (
+        ["model.safetensors"] if "finetune" in stages else []
+    )
+    has_state = any((run_dir / s).exists() for s in owned)
+    if has_state and not (resume or overwrite):
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite")
+    if has_state and overwrite:
+        if set(stages) >= {"pretrain", "finetune"}:
+            shutil.rmtree(run_dir)
+        else:
+            for s in owned:
+                if s != "model.safetensors":
+                    shutil.rmtree(run_dir / s, ignore_errors=True)
+    if (run_dir / "train_config.json").exists() and not overwrite:
+        old = json.loads((run_dir / "train_config.json").read_text())
+        new = cfg.to_dict()
+        changed = sorted(
+            k for k in set(old) | set(new) if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k)
+        )
+        if changed:
+            raise ValueError(f"{run_dir} was started with a different configuration ({', '.join(changed)})")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _tokenizer(cfg: TrainConfig, data: PreparedDataset, run_dir: Path) -> RecTokenizer:
+    if (run_dir / "tokenizer.json").exists() and (run_dir / "prompt_config.json").exists():
+        counts = json.loads((run_dir / "prompt_config.json").read_text())["tokenizer"]
+        return RecTokenizer.load(run_dir, counts)
+    if cfg.base_model:
+        return RecTokenizer.from_gpt2(cfg.base_model, data.n_users, data.n_items)
+    corpus = item_corpus(data.item_text, data.reviews) or ["has interacted with will interact"]
+    templates = [
+        "A user has interacted with. Users with shared items:. Items they also chose:.",
+        "The user will interact with. user shares items with; wrote the following review for",
+        "The title of is: The brand of The categories of The description of These items have the same",
+    ]
+    return RecTokenizer.train(corpus + templates * 10, data.n_users, data.n_items, vocab_size=cfg.word_vocab)
+
+
+def load_run(run_dir: str | Path, weights: str = "model.safetensors", device: str = "cpu"):
+    """(model, builder) of a trained run: what serving-side code and the exporter need."""
+    run_dir = Path(run_dir)
+    model = GraphGPT.load(run_dir, weights, device)
+    pcfg = PromptConfig.load(run_dir / "prompt_config.json")
+    tok = RecTokenizer.load(run_dir, pcfg.tokenizer)
+    graph = BipartiteGraph.load(run_dir / "graph")
+    return model, PromptBuilder(tok, graph, pcfg)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def _wrap(run: Run) -> torch.nn.Module:
+    if not run.dist.enabled:
+        return run.model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dev = [run.dist.device.index] if run.dist.device.type == "cuda" else None
+    return DDP(run.model, device_ids=dev, find_unused_parameters=True)
+
+
+def _optimizer(model: torch.nn.Module, lr: float, wd: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+
+
+def _progress(total: int, desc: str, d: loop.Dist, quiet: bool):
+    return tqdm(total=total, desc=desc, disable=quiet or not d.main, mininterval=5, leave=False)
+
+
+def pretrain(run: Run, quiet: bool = False) -> None:
+    """Content warm-up epochs, then rounds of (collaborative epoch, content epoch); checkpoint after each
+    epoch."""
+    cfg, m, d = run.cfg, run.model, run.dist
+    stage_dir = run.dir / "pretrain"
+    if (stage_dir / "model.safetensors").exists():
+        _load_weights(m, stage_dir / "model.safetensors")
+        return
+    schedule = ["content"] * cfg.content_warmup + ["collab", "content"] * cfg.pretrain_rounds
+    if not schedule:
+        return
+    m.set_dropout(cfg.pretrain_dropout)
+    net = _wrap(run)
+    opt = _optimizer(net, cfg.pretrain_lr, cfg.weight_decay)
+    start = 0
+    if (stage_dir / "ckpt" / "state.json").exists():
+        start = loop.load_checkpoint(stage_dir / "ckpt", m, opt)["epoch"] + 1
+    pdata = PretrainData(
+        run.builder,
+        run.graph,
+        run.data.item_text,
+        run.data.reviews,
+        neighbour_prompts=cfg.neighbour_prompts,
+        group_prompts=cfg.group_prompts,
+    )
+    offsets = {"word": 0, "user": run.tok.user_offset, "item": run.tok.item_offset}
+    for epoch in range(start, len(schedule)):
+        kind = schedule[epoch]
+        rng = loop.epoch_rng(cfg.seed, "pretrain", epoch)
+        torch.manual_seed(loop.epoch_torch_seed(cfg.seed, "pretrain", epoch, d.rank))
+        t0 = time.time()
+        prompts = pdata.collaborative(rng) if kind == "collab" else pdata.content(rng)
+        t_build = time.time() - t0
+        batches = []
+        for head in ("item", "user", "word"):
+            idx = np.array([k for k, p in enumerate(prompts) if p.head == head])
+            if len(idx):
+                lens = np.array([len(prompts[k]) for k in idx])
+                batches += [idx[b] for b in loop.length_batches(lens, cfg.pretrain_batch, rng)]
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        net.train()
+        sums: dict[str, float] = {}
+        n_tok = 0
+        bar = _progress(len(batches), f"pretrain {epoch + 1}/{len(schedule)} {kind}", d, quiet)
+        for gb in batches:
+            part = [prompts[k] for k in loop.shard(gb, d)]
+            ids, mask, bias = to_tensors(PromptBuilder.collate(part), d.device)
+            labels = torch.from_numpy(PromptBuilder.labels(part, offsets)).to(d.device)
+            with loop.autocast(d.device):
+                out = net(
+                    ids,
+                    mask,
+                    bias,
+                    labels=labels,
+                    head=part[0].head,
+                    content=kind == "content",
+                    reg_lambda=cfg.reg_lambda,
+                )
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n_tok += int(mask.sum())
+            bar.update(1)
+        bar.close()
+        dt = time.time() - t0
+        keys = sorted(sums)
+        summed = _all_sum([sums[k] for k in keys] + [n_tok], d)
+        n_tok = summed[-1]
+        losses = {k: v / max(len(batches) * d.world, 1) for k, v in zip(keys, summed, strict=False)}
+        run.log.write(
+            event="epoch",
+            stage="pretrain",
+            epoch=epoch,
+            step_epoch=epoch,
+            kind=kind,
+            loss=losses,
+            prompts=len(prompts),
+            seconds=round(dt, 2),
+            build_seconds=round(t_build, 2),
+            tokens_per_s=round(n_tok / max(dt, 1e-9), 1),
+        )
+        if d.main:
+            loop.save_checkpoint(
+                stage_dir / "ckpt", m, opt, {"stage": "pretrain", "epoch": epoch, "kind": kind}
+            )
+        loop.barrier(d)
+    if d.main:
+        m.save(stage_dir)
+    loop.barrier(d)
+
+
+def _load_weights(m: GraphGPT, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    m.load_state_dict(load_file(str(path), device=str(next(m.parameters()).device)))
+
+
+def _valid_users(run: Run) -> np.ndarray | None:
+    if run.cfg.max_eval_users is None:
+        return None
+    has = np.flatnonzero(np.diff(run.data.valid.indptr) > 0)
+    rng = np.random.default_rng([run.cfg.seed, 99])
+    return np.sort(rng.choice(has, size=min(run.cfg.max_eval_users, len(has)), replace=False))
+
+
+def selection_score(metrics: dict) -> float:
+    return metrics["recall@20"] + metrics["recall@40"] + metrics["ndcg@100"]
+
+
+def finetune(run: Run, quiet: bool = False) -> dict:
+    """Multinomial fine-tuning with validation-based selection and early stopping; returns the best
+    metrics."""
+    cfg, m, d = run.cfg, run.model, run.dist
+    stage_dir = run.dir / "finetune"
+    m.set_dropout(cfg.dropout)
+    net = _wrap(run)
+    opt = _optimizer(net, cfg.lr, cfg.weight_decay)
+    state = {"epoch": -1, "best": -math.inf, "best_epoch": -1, "bad": 0, "best_valid": None}
+    if (stage_dir / "ckpt" / "state.json").exists():
+        state = loop.load_checkpoint(stage_dir / "ckpt", m, opt)
+    fdata = PredictiveData(
+        run.builder, run.graph, cfg.seed, cfg.target_frac, cfg.target_variants, cfg.all_train_targets
+    )
+    run.predictive = fdata
+    n_pre = len(
+        list(r for r in run.log.records() if r.get("stage") == "pretrain" and r.get("event") == "epoch")
+    )
+    val_users = _valid_users(run)
+    for epoch in range(state["epoch"] + 1, cfg.epochs):
+        if state["bad"] >= cfg.patience:
+            break
+        rng = loop.epoch_rng(cfg.seed, "finetune", epoch)
+        torch.manual_seed(loop.epoch_torch_seed(cfg.seed, "finetune", epoch, d.rank))
+        t0 = time.time()
+        prompts, targets = fdata.epoch(epoch, rng)
+        t_build = time.time() - t0
+        batches = loop.length_batches(np.array([len(p) for p in prompts]), cfg.batch_size, rng)
+        net.train()
+        total, n_users, n_tok = 0.0, 0, 0
+        bar = _progress(len(batches), f"finetune {epoch + 1}/{cfg.epochs}", d, quiet)
+        for gb in batches:
+            mine = loop.shard(gb, d)
+            ids, mask, bias = to_tensors(PromptBuilder.collate([prompts[k] for k in mine]), d.device)
+            tgt = targets_matrix([targets[k] for k in mine], m.cfg.n_items, d.device)
+            with loop.autocast(d.device):
+                out = net(ids, mask, bias, targets=tgt)
+            # each rank averages over its shard; rescale so the all-reduced mean equals the global-batch mean
+            loss = out["loss"] * (len(mine) * d.world / len(gb))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(out["rec"].detach()) * len(mine)
+            n_users += len(mine)
+            n_tok += int(mask.sum())
+            bar.update(1)
+        bar.close()
+        total, n_users, n_tok = _all_sum([total, n_users, n_tok], d)  # the logged loss is the global mean
+        t_train = time.time() - t0
+        valid = None
+        if d.main:
+            t1 = time.time()
+            valid = evaluate(
+                lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch),
+                run.data,
+                "valid",
+                users=val_users,
+            )
+            t_eval = time.time() - t1
+            score = selection_score(valid)
+            improved = score > state["best"]
+            if improved:
+                state.update(best=score, best_epoch=epoch, bad=0, best_valid=valid)
+                m.save(stage_dir, "best.safetensors")
+            else:
+                state["bad"] += 1
+            state["epoch"] = epoch
+            run.log.write(
+                event="epoch",
+                stage="finetune",
+                epoch=epoch,
+                step_epoch=n_pre + epoch,
+                loss={"rec": total / max(n_users, 1)},
+                valid=valid,
+                improved=improved,
+                seconds=round(t_train, 2),
+                build_seconds=round(t_build, 2),
+                eval_seconds=round(t_eval, 2),
+                tokens_per_s=round(n_tok / max(t_train, 1e-9), 1),
+            )
+            if not quiet:
+                tqdm.write(
+                    f"epoch {epoch}: loss {total / max(n_users, 1):.3f} valid "
+                    + " ".join(f"{k} {v:.4f}" for k, v in valid.items() if k != "users")
+                    + (" *" if improved else "")
+                )
+            loop.save_checkpoint(stage_dir / "ckpt", m, opt, state)
+        state = _broadcast(state, d)
+    return state
+
+
+def _all_sum(values: list[float], d: loop.Dist) -> list[float]:
+    if not d.enabled:
+        return values
+    import torch.distributed as tdist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    tdist.all_reduce(t)
+    return t.tolist()
+
+
+def _broadcast(obj: dict, d: loop.Dist) -> dict:
+    if not d.enabled:
+        return obj
+    import torch.distributed as tdist
+
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def test(run: Run) -> dict:
+    """Reload the selected weights, score the test split (train + valid masked), write model +
+    metrics.json."""
+    cfg, m, d = run.cfg, run.model, run.dist
+    best = run.dir / "finetune" / "best.safetensors"
+    if not best.exists():
+        raise FileNotFoundError(f"{best} is missing: fine-tuning did not finish an epoch")
+    _load_weights(m, best)
+    fdata = run.predictive or PredictiveData(run.builder, run.graph, cfg.seed, cfg.target_frac, 1)
+    state = json.loads((run.dir / "finetune" / "ckpt" / "state.json").read_text())
+    full_valid = evaluate(lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch), run.data, "valid")
+    test_m = evaluate(lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch), run.data, "test")
+    metrics = {
+        "valid": full_valid,
+        "test": test_m,
+        "best_epoch": state["best_epoch"],
+        "dataset": run.data.name,
+        "fingerprint": run.data.fingerprint,
+        "seed": cfg.seed,
+    }
+    m.save(run.dir, "model.safetensors")
+    (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    run.log.write(event="test", **metrics)
+    loop.plot_run(run.log.path, run.dir)
+    return metrics
+
+
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    stages=("pretrain", "finetune"),
+    quiet: bool = False,
+) -> dict | None:
+    """The whole recipe (or the named stages) in one call; returns test metrics when fine-tuning ran (rank
+    0)."""
+    run = build_run(cfg, resume=resume, overwrite=overwrite, quiet=quiet, stages=tuple(stages))
+    try:
+        if "pretrain" in stages:
+            pretrain(run, quiet)
+        elif "finetune" in stages and (run.dir / "pretrain" / "model.safetensors").exists():
+            _load_weights(run.model, run.dir / "pretrain" / "model.safetensors")
+        if "finetune" not in stages:
+            if run.dist.main:
+                loop.plot_run(run.log.path, run.dir)
+            return None
+        if (run.dir / "finetune" / "ckpt").exists() and not resume:
+            raise FileExistsError(f"{run.dir}/finetune exists; pass --resume")
+        finetune(run, quiet)
+        if run.dist.main:
+            return test(run)
+        return None
+    finally:
+        loop.teardown(run.dist)

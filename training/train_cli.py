@@ -1,0 +1,77 @@
+"""`edgerec train DATASET` (the whole recipe), `edgerec pretrain DATASET`, `edgerec finetune DATASET`.
+
+Multi-process: ``torchrun --nproc-per-node N -m edgerec.cli train DATASET`` (gloo on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+_STAGES = {"train": ("pretrain", "finetune"), "pretrain": ("pretrain",), "finetune": ("finetune",)}
+
+
+def _run(
+    stage: str,
+    dataset: str,
+    run_dir: Path | None,
+    config: Path | None,
+    overrides: list[str],
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    import torch
+
+    from training.train import TrainConfig, train
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    fields: dict = json.loads(config.read_text()) if config else {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
+        try:
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key] = value
+    fields["dataset"] = dataset
+    if run_dir is not None:
+        fields["run_dir"] = str(run_dir)
+    try:
+        cfg = TrainConfig.from_dict(fields)
+        metrics = train(cfg, resume=resume, overwrite=overwrite, stages=_STAGES[stage], quiet=quiet)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if metrics:
+        typer.echo(json.dumps({"valid": metrics["valid"], "test": metrics["test"]}, indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    def make(stage: str, help_text: str):
+        def command(
+            dataset: str = typer.Argument(
+                ..., help="prepared dataset folder or name, or a raw RecBole folder"
+            ),
+            run_dir: Path | None = typer.Option(
+                None, "--run-dir", help="default $EDGEREC_HOME/runs/<dataset>"
+            ),
+            config: Path | None = typer.Option(None, "--config", help="JSON file of TrainConfig fields"),
+            overrides: list[str] = typer.Option(
+                [], "--set", help="TrainConfig field=value (JSON value), repeatable"
+            ),
+            resume: bool = typer.Option(False, "--resume", help="continue from the run folder's checkpoints"),
+            overwrite: bool = typer.Option(False, "--overwrite", help="delete an existing run folder first"),
+            quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+        ) -> None:
+            _run(stage, dataset, run_dir, config, overrides, resume, overwrite, quiet)
+
+        command.__doc__ = help_text
+        app.command(stage)(command)
+
+    make("train", "Train the graph-attentive GPT-2: pre-training, fine-tuning, test metrics.")
+    make("pretrain", "Only the pre-training stage (collaborative + content prompts).")
+    make("finetune", "Only fine-tuning (starts from the run's pre-trained weights when present).")
