@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -164,7 +165,16 @@ def build_run(
         tok.save(run_dir)
         pcfg.save(run_dir / "prompt_config.json")
         graph.save(run_dir / "graph")
-    return Run(cfg, run_dir, data, graph, tok, builder, model, d, loop.RunLog(run_dir / "log.jsonl", d.main))
+    log = loop.RunLog(run_dir / "log.jsonl", d.main)
+    log.write(
+        event="start",
+        stages=list(stages),
+        resume=resume,
+        world=d.world,
+        device=str(d.device),
+        config=cfg.to_dict(),
+    )
+    return Run(cfg, run_dir, data, graph, tok, builder, model, d, log)
 
 
 def _max_prompt_len(p: PromptConfig) -> int:
@@ -191,7 +201,7 @@ def _claim_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: boo
             for s in owned:
                 if s != "model.safetensors":
                     shutil.rmtree(run_dir / s, ignore_errors=True)
-    if (run_dir / "train_config.json").exists() and not overwrite:
+    if has_state and resume:
         old = json.loads((run_dir / "train_config.json").read_text())
         new = cfg.to_dict()
         changed = sorted(
@@ -480,7 +490,12 @@ def test(run: Run) -> dict:
     state = json.loads((run.dir / "finetune" / "ckpt" / "state.json").read_text())
     full_valid = evaluate(lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch), run.data, "valid")
     test_m = evaluate(lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch), run.data, "test")
+    epochs = [r for r in run.log.records() if r.get("event") == "epoch"]
+    ft = [r for r in epochs if r["stage"] == "finetune"]
     metrics = {
+        "train_seconds": round(sum(r["seconds"] + r.get("eval_seconds", 0.0) for r in epochs), 1),
+        "finetune_tokens_per_s": round(float(np.mean([r["tokens_per_s"] for r in ft])), 1) if ft else None,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "valid": full_valid,
         "test": test_m,
         "best_epoch": state["best_epoch"],

@@ -1,0 +1,230 @@
+"""Quality of the graph-attentive GPT-2 against the baselines, with ablations, on one dataset and split.
+
+Every (variant, seed) is one ``edgerec train`` run in its own process (its own peak memory), in a run folder
+under ``--runs-root``; a finished run (``metrics.json``) is reused and an unfinished one resumed, so the
+bench can
+be stopped and continued. Results go to ``benchmarks/results/model-<dataset>.{json,md,png}`` next to the
+baselines' ``baselines-<dataset>.json`` (same preparation code, so the same split: the fingerprint is
+checked).
+
+    python benchmarks/model_bench.py .edgerec/data/amazon-office --seeds 0 1 \\
+        --variants full no_bias ones_bias no_neighbourhood no_pretrain
+
+Variants (TrainConfig overrides on top of the defaults and ``--set``):
+  full              the recipe: pre-training (content + collaborative + groups + neighbour prompts),
+  fine-tuning
+                    on predictive prompts with co-users and two-hop items, hop-distance bias
+  no_bias           graph bias off (all zero) everywhere
+  ones_bias         every id–id pair gets 1: token-type pattern only, no graph distances
+  no_neighbourhood  no co-users / two-hop items in predictive prompts, no neighbour or group prompts
+  no_pretrain       fine-tuning only (SVD-initialised id tables)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("recall@20", "recall@40", "ndcg@100")
+VARIANTS: dict[str, dict] = {
+    "full": {},
+    "no_bias": {"bias": {"enabled": False}},
+    "ones_bias": {"bias": {"mode": "ones"}},
+    "no_neighbourhood": {
+        "prompt": {"n_co_users": 0, "n_two_hop_items": 0},
+        "neighbour_prompts": False,
+        "group_prompts": False,
+    },
+    "no_pretrain": {"pretrain_rounds": 0, "content_warmup": 0},
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def run_one(dataset: str, run_dir: Path, overrides: dict, threads: int, log_dir: Path) -> dict:
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.exists():
+        return json.loads(metrics_path.read_text())
+    cmd = [sys.executable, "-m", "edgerec.cli", "train", dataset, "--run-dir", str(run_dir), "--quiet"]
+    for k, v in overrides.items():
+        cmd += ["--set", f"{k}={json.dumps(v)}"]
+    if (run_dir / "train_config.json").exists():
+        cmd.append("--resume")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{run_dir.parent.name}-{run_dir.name}.log"
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {' '.join(cmd)}  (log: {log})", flush=True)
+    with open(log, "a") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training failed ({proc.returncode}); see {log}")
+    return json.loads(metrics_path.read_text())
+
+
+def _baselines(name: str, fingerprint: str) -> list[dict]:
+    path = ROOT / "benchmarks" / "results" / f"baselines-{name}.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    if data.get("dataset", {}).get("fingerprint") != fingerprint:
+        print(f"warning: {path} was computed on another split; baselines left out", file=sys.stderr)
+        return []
+    return [{"model": r["model"], "test": r["test"], "valid": r["valid"]} for r in data.get("rows", [])]
+
+
+def summarise(runs: list[dict]) -> dict:
+    out = {}
+    for split in ("valid", "test"):
+        vals = {k: [r[split][k] for r in runs] for k in METRICS}
+        out[split] = {k: float(np.mean(v)) for k, v in vals.items()}
+        out[split + "_std"] = {k: float(np.std(v)) for k, v in vals.items()}
+    for k in ("train_seconds", "finetune_tokens_per_s", "peak_rss_mb", "best_epoch"):
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        out[k] = float(np.mean(vals)) if vals else None
+    return out
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    ds = result["dataset"]
+    lines = [
+        f"# Model vs baselines: {ds['name']} ({ds['users']} users, {ds['items']} items, split "
+        f"{ds['fingerprint'][:12]})",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Seeds: {result['seeds']}; test metrics are means over seeds (± std); checkpoints chosen on "
+        "validation R@20 + R@40 + N@100.",
+        "",
+        "| model | test R@20 | test R@40 | test N@100 | valid R@20 | best ep. | train s | tok/s | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, v in result["variants"].items():
+        s = v["summary"]
+        t, sd = s["test"], s["test_std"]
+        cells = [f"{t[k]:.4f} ± {sd[k]:.4f}" for k in METRICS]
+        lines.append(
+            f"| GraphGPT {name} | {' | '.join(cells)} | {s['valid']['recall@20']:.4f} | "
+            f"{s['best_epoch']:.1f} | {s['train_seconds']:.0f} | {s['finetune_tokens_per_s'] or 0:.0f} | "
+            f"{s['peak_rss_mb']:.0f} |"
+        )
+    for b in result["baselines"]:
+        t = b["test"]
+        lines.append(
+            f"| {b['model']} | {' | '.join(f'{t[k]:.4f}' for k in METRICS)} | {b['valid']['recall@20']:.4f} "
+            "| | | | |"
+        )
+    lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, r20, n100, err = [], [], [], []
+    for name, v in result["variants"].items():
+        names.append(f"GraphGPT\n{name}")
+        r20.append(v["summary"]["test"]["recall@20"])
+        n100.append(v["summary"]["test"]["ndcg@100"])
+        err.append(v["summary"]["test_std"]["recall@20"])
+    for b in result["baselines"]:
+        names.append(b["model"])
+        r20.append(b["test"]["recall@20"])
+        n100.append(b["test"]["ndcg@100"])
+        err.append(0.0)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(7, len(names) * 0.9), 4))
+    ax.bar(x - 0.2, r20, 0.4, yerr=err, label="test Recall@20")
+    ax.bar(x + 0.2, n100, 0.4, label="test NDCG@100")
+    ax.set_xticks(x, names, fontsize=7)
+    ax.set_title(
+        f"{result['dataset']['name']}: model variants vs baselines (mean over seeds {result['seeds']})"
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dataset", help="prepared dataset folder (or a raw RecBole folder)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="TrainConfig key=JSON for all"
+    )
+    ap.add_argument(
+        "--runs-root", default=str(Path(os.environ.get("EDGEREC_HOME", ".edgerec")) / "runs" / "bench")
+    )
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--log-dir", default="/tmp/edgerec-model-bench")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT))
+    from training.train import load_dataset
+
+    ds = load_dataset(args.dataset)
+    common: dict = {}
+    for item in args.overrides:
+        k, _, v = item.partition("=")
+        try:
+            common[k] = json.loads(v)
+        except json.JSONDecodeError:
+            common[k] = v
+    result = {
+        "dataset": {k: v for k, v in ds.summary().items() if k != "text_fields"},
+        "command": "python benchmarks/model_bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads_per_run": args.threads},
+        "seeds": args.seeds,
+        "common_overrides": common,
+        "variants": {},
+        "baselines": _baselines(ds.name, ds.fingerprint),
+    }
+    t0 = time.time()
+    for name in args.variants:
+        runs = []
+        for seed in args.seeds:
+            overrides = _merge(_merge(common, VARIANTS[name]), {"seed": seed})
+            run_dir = Path(args.runs_root) / ds.name / f"{name}-s{seed}"
+            m = run_one(args.dataset, run_dir, overrides, args.threads, Path(args.log_dir))
+            if m.get("fingerprint") != ds.fingerprint:
+                raise RuntimeError(
+                    f"{run_dir} was trained on another split ({m.get('fingerprint', '')[:12]})"
+                )
+            runs.append({"seed": seed, "run_dir": str(run_dir), **m})
+            print(
+                f"  {name} seed {seed}: test " + " ".join(f"{k} {m['test'][k]:.4f}" for k in METRICS),
+                flush=True,
+            )
+        result["variants"][name] = {"overrides": VARIANTS[name], "runs": runs, "summary": summarise(runs)}
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = out / f"model-{ds.name}"
+        result["bench_seconds"] = round(time.time() - t0, 1)
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        write_markdown(result, stem.with_suffix(".md"))
+        plot(result, stem.with_suffix(".png"))
+    print(stem.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
