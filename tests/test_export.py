@@ -230,6 +230,11 @@ def test_offline_eval_of_version_reproduces_training_metrics(trained) -> None:
         assert got["users"] == want["users"]
         for k in ("recall@20", "recall@40", "ndcg@100"):
             assert abs(got[k] - want[k]) <= 1e-3, (split, k, got[k], want[k])
+    # the service's prompt order (train items as stored) is a different prompt: still a valid evaluation
+    stored = evaluate_version(version, ds, "test", history_order="stored")
+    assert stored["users"] == metrics["test"]["users"] and 0 < stored["recall@40"] <= 1
+    with pytest.raises(ValueError, match="history_order"):
+        evaluate_version(version, ds, "test", history_order="newest")
     # guard against a vacuous match: an untrained (random) ranking scores clearly lower on this slice
     assert metrics["test"]["recall@40"] > 0.02
 

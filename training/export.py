@@ -101,7 +101,7 @@ def check_run(run_dir: str | os.PathLike[str], weights: str = RUN_WEIGHTS) -> Pa
     if not (run / weights).is_file():
         raise ExportError(
             f"{run} has no checkpoint {weights}: training did not finish (it is written after testing); "
-            "finish it with `edgerec train ... --resume`"
+            f"finish it with `edgerec train <dataset> --run-dir {run} --resume`"
         )
     missing = [f for f in RUN_FILES if not (run / f).is_file()]
     if not (run / "graph").is_dir():
@@ -498,8 +498,7 @@ def publish(
     return version
 
 
-# ------------------------------------------------------------------------------------------------ offline
-# eval
+# ----------------------------------------------------------------------------------------- offline eval
 def evaluate_version(
     version_dir: str | os.PathLike[str],
     dataset,
@@ -509,6 +508,7 @@ def evaluate_version(
     encoder: Encoder | None = None,
     batch_size: int = 256,
     users: np.ndarray | None = None,
+    history_order: str = "training",
 ) -> dict[str, float]:
     """Evaluate a version the way it serves: its prompts, its encoder (ONNX by default) and its FAISS index.
 
@@ -517,7 +517,13 @@ def evaluate_version(
     items not yet known (``Ranker`` with the split's known items excluded), and
     ``training.evaluation.evaluate`` computes the metrics from those 100 scores, so the numbers are
     comparable with the run's own metrics.json.
+
+    ``history_order="stored"`` builds the prompt the way the service does for a known user without live
+    history (train items in the graph's stored order, not the run seed's shuffle): the difference between
+    the two is the train/serve skew due to history order alone.
     """
+    if history_order not in ("training", "stored"):
+        raise ValueError(f"history_order must be 'training' or 'stored', got {history_order!r}")
     from graphprompt.encoder import load_encoder
     from graphprompt.graph import BipartiteGraph
     from graphprompt.prompts import PromptBuilder, PromptConfig
@@ -541,8 +547,17 @@ def evaluate_version(
     known = known_items(dataset, split)
     k = min(max(*DEFAULT_KS, *DEFAULT_NDCG_KS), dataset.n_items)
 
+    def prompt(u: int):
+        if history_order == "training":
+            return pdata.eval_prompt(u)
+        items = graph.user_items(u)
+        nbr = None
+        if pcfg.n_co_users > 0 or pcfg.n_two_hop_items > 0:
+            nbr = graph.neighbourhood(u, items, n_users=pcfg.n_co_users, n_items=pcfg.n_two_hop_items)
+        return builder.predictive(u, items, nbr)
+
     def score(batch_users: np.ndarray) -> np.ndarray:
-        prompts = [pdata.eval_prompt(int(u)) for u in batch_users]
+        prompts = [prompt(int(u)) for u in batch_users]
         order = np.argsort([len(p) for p in prompts], kind="stable")
         vecs = np.zeros((len(prompts), enc.dim), dtype=np.float32)
         for s in range(0, len(order), 64):  # length-sorted sub-batches keep padding small
