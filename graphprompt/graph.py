@@ -3,20 +3,19 @@
 Global node ids: users ``0..U-1``, items ``U..U+I-1`` (``graph.item_node(i) = U + i``). The graph is built
 from **train** edges only. Everything here is numpy/scipy: no dense (U+I)^2 array is ever built.
 
-Hop distances among a small node set use *bounded* BFS run for all sources at once with sparse products, and a
-min-plus trick so that one ordinary sparse product yields all pairwise distances. With ``eps = 2**-b``, row
-``x`` of ``V_r = e_x (I + eps*A)**r`` holds, for every node ``z`` within ``r`` hops, ``sum_k C(r,k) eps**k
-walks_k(x,z)``, whose leading power of ``eps`` is ``d(x, z)``. Then ``V_a(x) . V_b(y) = e_x (I + eps*A)**(a+b)
-e_y`` (A is symmetric), whose leading power is ``d(x, y)`` whenever ``d(x, y) <= a + b``: it is read back by
-rounding ``-log2(value) / b``, with ``b`` large enough that walk counts cannot shift the exponent by half a
-step. Radius ``floor(H/2)`` balls from every node give all distances up to ``2*floor(H/2)``; for odd ``H``
-(odd distances only join a user and an item) one more hop is taken on the cheaper node type of each set.
+Hop distances among a small node set are a bounded BFS that meets in the middle, in *item space*. Every
+node gets bitsets (one bit per item) of the items within r hops: for an item, r = 0 (itself), 2 (its
+co-occurrence row C(i): items sharing a user), 4, ...; for a user, r = 1 (its items), 3 (OR of C(i) over its
+items), ... Any shortest path of length d <= a + b has an item at distance <= a from one end and <= b from the
+other (parity makes the split work for any allowed a, b), so ``d(x, y) <= a + b`` exactly when ball_a(x) and
+ball_b(y) share a bit. For max_hops = 5 that needs only C rows, which are cached on the graph (all of them when
+they fit ``cooc_cache_bytes``: amazon-sports needs 42 MB), so a query is a few ORs and ANDs of bitsets with no
+per-source BFS. Live edges (added / removed) rebuild only the C rows they can change.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 import tempfile
@@ -136,13 +135,18 @@ def _top_k(ids: np.ndarray, counts: np.ndarray, k: int) -> tuple[np.ndarray, np.
 class BipartiteGraph:
     """Users × items train graph with neighbourhood and bounded-BFS hop-distance queries."""
 
+    # Memory for cached item co-occurrence bitsets (n_items / 8 bytes each); all of them when they fit.
+    cooc_cache_bytes: int = 512 * 2**20
+
     def __init__(self, ui: sp.csr_matrix):
         self.ui: sp.csr_matrix = ui
         self.n_users, self.n_items = ui.shape
         self.iu: sp.csr_matrix = ui.T.tocsr()
         self.iu.sort_indices()
-        self._step: tuple[int, sp.csr_matrix] | None = None
-        self._walks: list[np.ndarray] | None = None
+        self._rows: _RowCache | None = None
+        self._w2: np.ndarray | None = None
+        self._deg_u: np.ndarray | None = None
+        self._deg_i: np.ndarray | None = None
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -177,10 +181,14 @@ class BipartiteGraph:
         return np.asarray(nodes) < self.n_users
 
     def user_degree(self) -> np.ndarray:
-        return np.diff(self.ui.indptr)
+        if self._deg_u is None:
+            self._deg_u = np.diff(self.ui.indptr)
+        return self._deg_u
 
     def item_degree(self) -> np.ndarray:
-        return np.diff(self.iu.indptr)
+        if self._deg_i is None:
+            self._deg_i = np.diff(self.iu.indptr)
+        return self._deg_i
 
     def user_items(self, u: int) -> np.ndarray:
         """The user's train items (int64 item indices, ascending)."""
@@ -300,38 +308,38 @@ class BipartiteGraph:
         extra_edges: EdgesArg = None,
         removed_edges: EdgesArg = None,
         *,
-        max_ball_nnz: int = 8_000_000,
+        chunk_bytes: int = 256 * 2**20,
     ) -> list[np.ndarray]:
         """:meth:`hop_distances` for many small node sets at once (training builds many prompts per batch).
 
-        Sets are grouped into chunks whose BFS balls (estimated from walk counts) fit ``max_ball_nnz`` stored
-        entries; within a chunk every distinct node's BFS runs once, so nodes shared between prompts (popular
-        items, the same user) cost once. ``extra_edges`` / ``removed_edges``: one ``(users, items)`` pair for
-        all sets, or a list with one pair (or None) per set; sets with their own modifications are computed
-        one by one.
+        Sets are processed in chunks whose bitsets fit ``chunk_bytes``; within a chunk every distinct node's
+        balls are built once, with all co-occurrence rows fetched in one vectorised pass (and cached on the
+        graph for later calls). ``extra_edges`` / ``removed_edges``: one ``(users, items)`` tuple for all
+        sets, or a list with one entry (or None) per set; sets with their own edge changes are computed one
+        by one.
         """
-        if not isinstance(max_hops, int | np.integer) or not 1 <= max_hops <= 120:
+        if (
+            isinstance(max_hops, bool)
+            or not isinstance(max_hops, int | np.integer)
+            or not 1 <= max_hops <= 120
+        ):
             raise ValueError(f"max_hops must be an int in [1, 120], got {max_hops!r}")
         sets = [self._check_nodes(s) for s in node_sets]
-        extra = _per_set(extra_edges, len(sets), "extra_edges")
-        removed = _per_set(removed_edges, len(sets), "removed_edges")
-        shared_mods = not (isinstance(extra_edges, list) or isinstance(removed_edges, list))
-        out: list[np.ndarray | None] = [None] * len(sets)
         if not sets:
             return []
-        if shared_mods:
-            n_added = 0 if extra[0] is None else len(extra[0][0])
-            bits, snap = self._bits(max_hops, n_added)
-            mods = self._modifications(extra[0], removed[0], bits)
-            for chunk in self._chunks(sets, max_hops, max_ball_nnz):
-                dists = self._distances_chunk([sets[k] for k in chunk], max_hops, bits, snap, mods)
+        extra = _per_set(extra_edges, len(sets), "extra_edges")
+        removed = _per_set(removed_edges, len(sets), "removed_edges")
+        out: list[np.ndarray | None] = [None] * len(sets)
+        if not (isinstance(extra_edges, list) or isinstance(removed_edges, list)):
+            mods = self._modifications(extra[0], removed[0])
+            for chunk in self._chunks(sets, chunk_bytes):
+                dists = self._distances_chunk([sets[k] for k in chunk], int(max_hops), mods)
                 for k, d in zip(chunk, dists, strict=True):
                     out[k] = d
         else:
             for k, s in enumerate(sets):
-                bits, snap = self._bits(max_hops, 0 if extra[k] is None else len(extra[k][0]))
-                mods = self._modifications(extra[k], removed[k], bits)
-                out[k] = self._distances_chunk([s], max_hops, bits, snap, mods)[0]
+                mods = self._modifications(extra[k], removed[k])
+                out[k] = self._distances_chunk([s], int(max_hops), mods)[0]
         return out  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- persistence
@@ -408,207 +416,298 @@ class BipartiteGraph:
         """Symmetric (U+I) x (U+I) 0/1 adjacency (float32), 2 x edges entries; built on each call."""
         return sp.bmat([[None, self.ui], [self.iu, None]], format="csr", dtype=np.float32)
 
-    def warm(self, max_hops: int = 5) -> BipartiteGraph:
-        """Build the lazily built BFS structures now (walk counts, step matrix), e.g. when a service loads."""
-        self._step_matrix(self._bits(max_hops, 0)[0])
+    def warm(self) -> BipartiteGraph:
+        """Precompute all item co-occurrence bitsets when they fit the cache (e.g. when a service loads).
+
+        Hop-distance queries then only OR and AND bitsets; on larger graphs rows are computed on first use.
+        """
+        if self.n_items * self._n_words * 8 <= self.cooc_cache_bytes:
+            self._cooc_rows(np.arange(self.n_items, dtype=np.int64), None)
         return self
 
-    def _walk_counts(self) -> list[np.ndarray]:
-        """Number of walks of length 1, 2, 3 from every node: cheap upper bounds on BFS layer sizes."""
-        if self._walks is None:
-            du, di = self.user_degree().astype(np.float64), self.item_degree().astype(np.float64)
-            w2u, w2i = self.ui @ di, self.iu @ du
-            self._walks = [
-                np.concatenate([du, di]),
-                np.concatenate([w2u, w2i]),
-                np.concatenate([self.ui @ w2i, self.iu @ w2u]),
-            ]
-        return self._walks
+    @property
+    def _n_words(self) -> int:
+        return (self.n_items + 63) // 64
 
-    def _bits(self, max_hops: int, n_added: int) -> tuple[int, bool]:
-        """Exponent step ``b`` of the distance encoding, and whether BFS layers must be snapped each step.
+    def _cache(self) -> _RowCache:
+        if self._rows is None:
+            cap = max(1, min(self.n_items, self.cooc_cache_bytes // (8 * self._n_words)))
+            self._rows = _RowCache(self.n_items, self._n_words, cap)
+        return self._rows
 
-        Without snapping, the pair value is ``sum_k C(R, k) eps**k walks_k`` (eps = 2**-b, R <= max_hops); the
-        leading coefficient must stay below ``2**(b/2)`` for rounding to recover k, and ``eps**max_hops`` must
-        stay a normal float64. Where walk counts are too large for that (huge hubs, large max_hops), every
-        layer is snapped to exact ``eps**distance`` values, which bounds the coefficient by the node count
-        instead.
-        """
-        du = float(self.user_degree().max(initial=0) + n_added)
-        di = float(self.item_degree().max(initial=0) + n_added)
-        hi, lo = max(du, di, 1.0), max(min(du, di), 1.0)
-        log_walks = ((max_hops + 1) // 2) * math.log2(hi) + (max_hops // 2) * math.log2(lo)
-        b = math.ceil(2 * (max_hops + 1 + log_walks)) + 2
-        if b * max_hops <= 1000:
-            return b, False
-        b = math.ceil(2 * (math.log2(self.n_nodes + 1) + max_hops + 1)) + 2
-        if b * max_hops <= 1000:
-            return b, True
-        raise ValueError(f"max_hops={max_hops} is too large for a graph of {self.n_nodes} nodes")
+    def _walk2_items(self) -> np.ndarray:
+        """Per item, the sum of its users' degrees: the work of building its co-occurrence row."""
+        if self._w2 is None:
+            self._w2 = self.iu @ self.user_degree().astype(np.float64)
+        return self._w2
 
-    def _step_matrix(self, bits: int) -> sp.csr_matrix:
-        """``I + 2**-bits * A`` (float64, cached for the last ``bits`` used): one BFS step for all sources."""
-        if self._step is None or self._step[0] != bits:
-            self._step = None  # free the old one before building the next
-            adj = self.adjacency.astype(np.float64)
-            adj.data *= math.ldexp(1.0, -bits)
-            step = (adj + sp.identity(self.n_nodes, dtype=np.float64, format="csr")).tocsr()
-            step.sort_indices()
-            self._step = (bits, step)
-        return self._step[1]
-
-    def _modifications(self, extra: Edges | None, removed: Edges | None, bits: int) -> _Mods | None:
-        """Edge changes as matrices that keep every BFS step a sum of non-negative terms (no cancellation)."""
+    def _modifications(self, extra: Edges | None, removed: Edges | None) -> _Mods | None:
+        """Neighbour lists of the nodes touched by live edge changes (removal wins over addition)."""
         if extra is None and removed is None:
             return None
-        n, nu = self.n_nodes, self.n_users
-        eps = math.ldexp(1.0, -bits)
+        eu, ei = self._check_edges(extra) if extra is not None else (np.zeros(0, np.int64),) * 2
+        ru, ri = self._check_edges(removed) if removed is not None else (np.zeros(0, np.int64),) * 2
+        nu, ni = self.n_users, self.n_items
+        add = {(u, i) for u, i in zip(eu.tolist(), ei.tolist(), strict=True)}
+        rem = {(u, i) for u, i in zip(ru.tolist(), ri.tolist(), strict=True)}
+        add -= rem
+        user_items: dict[int, np.ndarray] = {}
+        item_users: dict[int, np.ndarray] = {}
+        for u in {u for u, _ in add | rem}:
+            row = set(self.user_items(u).tolist())
+            new = (row | {i for uu, i in add if uu == u}) - {i for uu, i in rem if uu == u}
+            if new != row:
+                user_items[u] = np.array(sorted(new), dtype=np.int64)
+        for i in {i for _, i in add | rem}:
+            row = set(self.item_users(i).tolist())
+            new = (row | {u for u, ii in add if ii == i}) - {u for u, ii in rem if ii == i}
+            if new != row:
+                item_users[i] = np.array(sorted(new), dtype=np.int64)
+        if not user_items:
+            return None
+        # An item's co-occurrence row can change only if one of its users (before or after) changed.
+        affected = np.zeros(ni, dtype=bool)
+        for u, new in user_items.items():
+            affected[self.user_items(u)] = True
+            affected[new] = True
+        del nu
+        return _Mods(user_items=user_items, item_users=item_users, affected=affected)
 
-        def sym(eu: np.ndarray, ei: np.ndarray) -> sp.csr_matrix:
-            r = np.concatenate([eu, ei + nu])
-            c = np.concatenate([ei + nu, eu])
-            m = sp.csr_matrix((np.ones(r.size), (r, c)), shape=(n, n))
-            m.sum_duplicates()
-            m.data[:] = 1.0
-            return m
+    def _items_of(self, users: np.ndarray, mods: _Mods | None) -> tuple[np.ndarray, np.ndarray]:
+        """(owner position, item) pairs for the items of each user in ``users`` (edge changes applied)."""
+        owner, pos = _ranges(self.ui.indptr, users)
+        items = self.ui.indices[pos].astype(np.int64)
+        if mods is None or not mods.user_items:
+            return owner, items
+        hit = np.array([u in mods.user_items for u in users.tolist()], dtype=bool)
+        if not hit.any():
+            return owner, items
+        keep = ~hit[owner]
+        own2 = [owner[keep]]
+        its2 = [items[keep]]
+        for k in np.flatnonzero(hit).tolist():
+            new = mods.user_items[int(users[k])]
+            own2.append(np.full(new.size, k, dtype=np.int64))
+            its2.append(new)
+        return np.concatenate(own2), np.concatenate(its2)
 
-        eu = ei = ru = ri = np.zeros(0, np.int64)
-        if extra is not None:
-            eu, ei = self._check_edges(extra)
-            new = np.asarray(self.ui[eu, ei]).reshape(-1) == 0 if eu.size else np.zeros(0, bool)
-            eu, ei = eu[new], ei[new]
-        if removed is not None:
-            ru, ri = self._check_edges(removed)
-        added = sym(eu, ei)
-        rem = sym(ru, ri)
-        touched = np.zeros(n, dtype=bool)
-        touched[rem.indices] = True  # nodes with a removed edge (rem is symmetric)
-        # Rows of touched nodes are rebuilt exactly as I + eps * (A + added - removed), clipped to 0/1 edges,
-        # so a removed edge is absent rather than subtracted (subtraction would leave float residue that reads
-        # as a path).
-        t_idx = np.flatnonzero(touched)
-        if t_idx.size:
-            sel = sp.csr_matrix((np.ones(t_idx.size), (t_idx, t_idx)), shape=(n, n))
-            rows = sel @ (self.adjacency.astype(np.float64) + added)
-            rows.data = np.minimum(rows.data, 1.0)
-            rows = (rows - sel @ rem).tocsr()
-            rows.data = np.maximum(rows.data, 0.0)
-            rows.eliminate_zeros()
-            rows.data *= eps
-            fix = (rows + sel).tocsr()
-        else:
-            fix = sp.csr_matrix((n, n), dtype=np.float64)
-        keep = sp.diags((~touched).astype(np.float64)).tocsr()
-        added_rest = keep @ added
-        added_rest.data *= eps
-        return _Mods(added=added_rest.tocsr(), fix=fix, keep=keep, n_added=int(eu.size))
+    def _users_of(self, items: np.ndarray, mods: _Mods | None) -> tuple[np.ndarray, np.ndarray]:
+        owner, pos = _ranges(self.iu.indptr, items)
+        users = self.iu.indices[pos].astype(np.int64)
+        if mods is None or not mods.item_users:
+            return owner, users
+        hit = np.array([i in mods.item_users for i in items.tolist()], dtype=bool)
+        if not hit.any():
+            return owner, users
+        keep = ~hit[owner]
+        own2 = [owner[keep]]
+        us2 = [users[keep]]
+        for k in np.flatnonzero(hit).tolist():
+            new = mods.item_users[int(items[k])]
+            own2.append(np.full(new.size, k, dtype=np.int64))
+            us2.append(new)
+        return np.concatenate(own2), np.concatenate(us2)
 
-    def _chunks(self, sets: list[np.ndarray], max_hops: int, budget: int) -> list[list[int]]:
-        """Group set indices so the estimated BFS-ball entries of each group fit ``budget``."""
-        walks = self._walk_counts()
-        half = (max_hops + 1) // 2
-        n_users, n_items = self.n_users, self.n_items
+    def _compute_cooc(self, items: np.ndarray, mods: _Mods | None) -> np.ndarray:
+        """Bitset rows (len(items) x words) of the items within 2 hops of each item, itself included."""
+        w = self._n_words
+        out = np.zeros((items.size, w), dtype=np.uint64)
+        work = self._walk2_items()[items] + 1.0
+        # sub-batches bounded by gathered entries and by the dense boolean scratch they are packed from
+        max_rows = max(1, (64 * 2**20) // (w * 64))
+        start = 0
+        while start < items.size:
+            stop = start + 1
+            budget = work[start]
+            while stop < items.size and stop - start < max_rows and budget + work[stop] <= 16_000_000:
+                budget += work[stop]
+                stop += 1
+            part = items[start:stop]
+            own_u, users = self._users_of(part, mods)
+            own_i, its = self._items_of(users, mods)
+            dense = np.zeros((part.size, w * 64), dtype=bool)
+            dense[own_u[own_i], its] = True
+            dense[np.arange(part.size), part] = True
+            out[start:stop] = np.packbits(dense, axis=1, bitorder="little").view(np.uint64)
+            start = stop
+        return out
+
+    def _cooc_rows(self, items: np.ndarray, mods: _Mods | None) -> np.ndarray:
+        """Co-occurrence bitsets of unique ``items``: cached for the snapshot, fresh where edges changed."""
+        out = np.empty((items.size, self._n_words), dtype=np.uint64)
+        fresh = mods.affected[items] if mods is not None else np.zeros(items.size, dtype=bool)
+        if fresh.any():
+            out[fresh] = self._compute_cooc(items[fresh], mods)
+        cache = self._cache()
+        slot = cache.slot[items]
+        hit = ~fresh & (slot >= 0)
+        out[hit] = cache.table[slot[hit]]
+        miss = ~fresh & (slot < 0)
+        if miss.any():
+            rows = self._compute_cooc(items[miss], None)
+            out[miss] = rows
+            cache.put(items[miss], rows)
+        return out
+
+    def _item_balls(self, items: np.ndarray, radii: list[int], mods: _Mods | None) -> dict[int, np.ndarray]:
+        """Item-space bitsets of the items within r hops of each item, for each even r in ``radii``."""
+        w = self._n_words
+        balls: dict[int, np.ndarray] = {}
+        cur = np.zeros((items.size, w), dtype=np.uint64)
+        np.bitwise_or.at(
+            cur, (np.arange(items.size), items // 64), np.uint64(1) << (items % 64).astype(np.uint64)
+        )
+        balls[0] = cur
+        for r in range(2, max(radii) + 1, 2):
+            if r == 2:
+                cur = self._cooc_rows(items, mods)
+            else:  # one more item-item hop: OR the co-occurrence rows of everything in the previous ball
+                owner, members = _bits_to_ids(cur)
+                uniq, inv = np.unique(members, return_inverse=True)
+                cur = _or_segments(self._cooc_rows(uniq, mods), inv, owner, items.size)
+            balls[r] = cur
+        return {r: balls[r] for r in radii}
+
+    def _user_balls(self, users: np.ndarray, radii: list[int], mods: _Mods | None) -> dict[int, np.ndarray]:
+        """Item-space bitsets of the items within r hops of each user, for each odd r in ``radii``."""
+        owner, its = self._items_of(users, mods)
+        uniq, inv = np.unique(its, return_inverse=True)
+        item_balls = self._item_balls(uniq, [r - 1 for r in radii], mods)
+        return {r: _or_segments(item_balls[r - 1], inv, owner, users.size) for r in radii}
+
+    def _chunks(self, sets: list[np.ndarray], budget: int) -> list[list[int]]:
+        """Group set indices so each group's bitsets (its nodes and its users' items) fit ``budget`` bytes."""
+        row_bytes = 8 * self._n_words
+        deg = self.user_degree()
         chunks: list[list[int]] = []
         cur: list[int] = []
-        seen: set[int] = set()
-        used = 0.0
+        used = 0
         for k, s in enumerate(sets):
-            new = [x for x in np.unique(s).tolist() if x not in seen]
-            est = 0.0
-            if new:
-                nodes = np.asarray(new)
-                user = nodes < n_users
-                est = float(len(new))
-                for r in range(1, half + 1):
-                    w = walks[min(r, 3) - 1][nodes]
-                    # layer r holds items for users when r is odd, users when even (and vice versa for items)
-                    cap = np.where(user == (r % 2 == 1), n_items, n_users)
-                    est += float(np.minimum(w, cap).sum())
+            users = s[s < self.n_users]
+            est = row_bytes * (3 * s.size + 2 * int(deg[users].sum()))
             if cur and used + est > budget:
                 chunks.append(cur)
-                cur, seen, used = [], set(), 0.0
-                new = np.unique(s).tolist()
+                cur, used = [], 0
             cur.append(k)
-            seen.update(new)
             used += est
         if cur:
             chunks.append(cur)
         return chunks
 
-    def _bfs_step(
-        self, v: sp.csr_matrix, step: sp.csr_matrix, mods: _Mods | None, bits: int, snap: bool
-    ) -> sp.csr_matrix:
-        """``v @ (I + eps * A_modified)``: each row's BFS ball grows by one hop."""
-        if mods is None:
-            out = v @ step
-        else:
-            vk = v @ mods.keep
-            out = vk @ step
-            if mods.added.nnz:
-                out = out + vk @ mods.added
-            if mods.fix.nnz:
-                out = out + (v - vk) @ mods.fix
-            out = sp.csr_matrix(out)
-            out.eliminate_zeros()
-        if snap:
-            out.data = np.ldexp(1.0, -bits * np.rint(-np.log2(out.data) / bits).astype(np.int64))
-        return out
-
-    def _distances_chunk(
-        self, sets: list[np.ndarray], max_hops: int, bits: int, snap: bool, mods: _Mods | None
-    ) -> list[np.ndarray]:
-        """Distances for each set; every distinct node's BFS runs once for the whole chunk."""
+    def _distances_chunk(self, sets: list[np.ndarray], max_hops: int, mods: _Mods | None) -> list[np.ndarray]:
+        """Distances for each set; every distinct node's balls are built once for the whole chunk."""
         far = max_hops + 1
-        uniq = np.unique(np.concatenate(sets)) if sets else np.zeros(0, np.int64)
-        if uniq.size == 0:
-            return [np.zeros((0, 0), np.int8) for _ in sets]
-        n = uniq.size
-        step = self._step_matrix(bits)
-        v = sp.csr_matrix((np.ones(n), (np.arange(n), uniq)), shape=(n, self.n_nodes))
-        for _ in range(max_hops // 2):
-            v = self._bfs_step(v, step, mods, bits, snap)
-        pos_sets = [np.searchsorted(uniq, s) for s in sets]
-        is_user = uniq < self.n_users
-        side: list[np.ndarray | None] = [None] * len(sets)  # per set: positions that take the extra hop
-        x3 = None
-        row3 = np.full(n, -1, dtype=np.int64)
-        if max_hops % 2 == 1:
-            # Odd distances join a user and an item, so one more hop on ONE side of each such pair suffices:
-            # per set, the node type whose expansion is cheaper (sum of degrees over its current balls).
-            cost = v @ self._walk_counts()[0]
-            for k, p in enumerate(pos_sets):
-                u, i = np.unique(p[is_user[p]]), np.unique(p[~is_user[p]])
-                if u.size and i.size:
-                    side[k] = u if cost[u].sum() <= cost[i].sum() else i
-            need = np.unique(np.concatenate([q for q in side if q is not None] or [np.zeros(0, np.int64)]))
-            if need.size:
-                x3 = self._bfs_step(v[need], step, mods, bits, snap)
-                row3[need] = np.arange(need.size)
+        h_even = max_hops - max_hops % 2
+        h_odd = max_hops - (1 - max_hops % 2)
+        # Ball radii (users: odd, items: even) such that every distance up to max_hops splits as a + b.
+        r_user = max(1, h_even // 2 + (1 - (h_even // 2) % 2))
+        r_item = h_even // 2 + (h_even // 2) % 2
+        if r_user + r_item < h_odd:
+            r_item += 2
+        uniq = np.unique(np.concatenate(sets))
+        users = uniq[uniq < self.n_users]
+        items = uniq[uniq >= self.n_users] - self.n_users
+        ub = self._user_balls(users, list(range(1, r_user + 1, 2)), mods) if users.size else {}
+        ib = self._item_balls(items, list(range(0, r_item + 1, 2)), mods) if items.size else {}
         out = []
-        for k, p in enumerate(pos_sets):
-            q, inv = np.unique(p, return_inverse=True)
-            vq = v[q]
-            d = _decode((vq @ vq.T).toarray(), bits, far)  # exact up to 2 * radius hops
-            sq = side[k]
-            if sq is not None and x3 is not None:
-                a = np.searchsorted(q, sq)  # rows of d for the extra-hop side
-                b = np.flatnonzero(is_user[q] != is_user[sq[0]])  # the other node type
-                odd = _decode((x3[row3[sq]] @ vq[b].T).toarray(), bits, far)
-                block = np.minimum(d[np.ix_(a, b)], odd)
-                d[np.ix_(a, b)] = block
-                d[np.ix_(b, a)] = block.T
+        for s in sets:
+            q, inv = np.unique(s, return_inverse=True)
+            is_user = q < self.n_users
+            pu = np.searchsorted(users, q[is_user])
+            pi = np.searchsorted(items, q[~is_user] - self.n_users)
+            iu_, ii_ = np.flatnonzero(is_user), np.flatnonzero(~is_user)
+            d = np.full((q.size, q.size), far, dtype=np.int8)
+            for rows, cols, dists, splits in (
+                (iu_, iu_, range(2, h_even + 1, 2), lambda t: (min(r_user, t - 1), t - min(r_user, t - 1))),
+                (ii_, ii_, range(2, h_even + 1, 2), lambda t: (min(r_item, t), t - min(r_item, t))),
+                (iu_, ii_, range(1, h_odd + 1, 2), lambda t: (max(1, t - r_item), t - max(1, t - r_item))),
+            ):
+                if rows.size == 0 or cols.size == 0:
+                    continue
+                block = np.full((rows.size, cols.size), far, dtype=np.int8)
+                row_balls = ub if is_user[rows[0]] else ib
+                col_balls = ub if is_user[cols[0]] else ib
+                prow = pu if is_user[rows[0]] else pi
+                pcol = pu if is_user[cols[0]] else pi
+                for t in dists:
+                    a, b = splits(t)
+                    hit = _intersects(row_balls[a][prow], col_balls[b][pcol]) & (block == far)
+                    block[hit] = t
+                d[np.ix_(rows, cols)] = block
+                d[np.ix_(cols, rows)] = block.T
+            np.fill_diagonal(d, 0)
             out.append(d[np.ix_(inv, inv)])
         return out
 
 
 @dataclass
 class _Mods:
-    """Live edge changes: ``v @ step`` becomes ``(v keep) @ (step + added) + (v - v keep) @ fix``."""
+    """Live edge changes: the new neighbour lists of the nodes they touch."""
 
-    added: sp.csr_matrix  # eps * added edges, rows of nodes without removed edges
-    fix: sp.csr_matrix  # exact rows I + eps * A_modified for nodes that lost an edge
-    keep: sp.csr_matrix  # diagonal 0/1: nodes without removed edges
-    n_added: int
+    user_items: dict[int, np.ndarray]
+    item_users: dict[int, np.ndarray]
+    affected: np.ndarray  # bool per item: its co-occurrence row may differ from the snapshot's
+
+
+class _RowCache:
+    """Ring buffer of item co-occurrence bitset rows (memory is committed only as rows are written)."""
+
+    def __init__(self, n_items: int, n_words: int, capacity: int):
+        self.slot = np.full(n_items, -1, dtype=np.int64)
+        self.owner = np.full(capacity, -1, dtype=np.int64)
+        self.table = np.zeros((capacity, n_words), dtype=np.uint64)
+        self.next = 0
+
+    def put(self, items: np.ndarray, rows: np.ndarray) -> None:
+        cap = self.owner.size
+        if items.size > cap:
+            items, rows = items[-cap:], rows[-cap:]
+        pos = (self.next + np.arange(items.size)) % cap
+        old = self.owner[pos]
+        self.slot[old[old >= 0]] = -1
+        self.owner[pos] = items
+        self.slot[items] = pos
+        self.table[pos] = rows
+        self.next = int((self.next + items.size) % cap)
+
+
+def _ranges(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For CSR rows ``rows``: (position in ``rows``, index into ``indices``) of every stored entry."""
+    starts = indptr[rows].astype(np.int64)
+    lens = indptr[rows + 1].astype(np.int64) - starts
+    owner = np.repeat(np.arange(rows.size, dtype=np.int64), lens)
+    offsets = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
+    return owner, np.repeat(starts, lens) + offsets
+
+
+def _or_segments(table: np.ndarray, idx: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Row k of the result: OR of ``table[idx[j]]`` over all j with ``owner[j] == k`` (zeros where none)."""
+    out = np.zeros((n, table.shape[1]), dtype=np.uint64)
+    if idx.size == 0:
+        return out
+    order = np.argsort(owner, kind="stable")
+    owner, idx = owner[order], idx[order]
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    out[owner[starts]] = np.bitwise_or.reduceat(table[idx], starts, axis=0)
+    return out
+
+
+def _bits_to_ids(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, bit index) of every set bit of a bitset matrix."""
+    bits = np.unpackbits(rows.view(np.uint8), axis=1, bitorder="little")
+    r, c = np.nonzero(bits)
+    return r.astype(np.int64), c.astype(np.int64)
+
+
+def _intersects(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) bool: whether bitset rows a[i] and b[j] share a set bit."""
+    out = np.zeros((a.shape[0], b.shape[0]), dtype=bool)
+    if out.size == 0:
+        return out
+    step = max(1, (32 * 2**20) // max(1, b.nbytes))  # bound the (rows x len(b) x words) scratch
+    for s in range(0, a.shape[0], step):
+        out[s : s + step] = (a[s : s + step, None, :] & b[None, :, :]).any(axis=2)
+    return out
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -635,16 +734,6 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _decode(prod: np.ndarray, bits: int, far: int) -> np.ndarray:
-    """Leading exponent of each ``sum_k c_k 2**(-bits*k)`` (rounding absorbs c_k), capped at ``far``."""
-    out = np.full(prod.shape, far, dtype=np.int8)
-    pos = prod > 0
-    if pos.any():
-        d = np.rint(-np.log2(prod[pos]) / bits)
-        out[pos] = np.minimum(d, far).astype(np.int8)
-    return out
 
 
 def _count_ids(ids: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
