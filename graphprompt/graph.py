@@ -8,9 +8,9 @@ node gets bitsets (one bit per item) of the items within r hops: for an item, r 
 co-occurrence row C(i): items sharing a user), 4, ...; for a user, r = 1 (its items), 3 (OR of C(i) over its
 items), ... Any shortest path of length d <= a + b has an item at distance <= a from one end and <= b from the
 other (parity makes the split work for any allowed a, b), so ``d(x, y) <= a + b`` exactly when ball_a(x) and
-ball_b(y) share a bit. For max_hops = 5 that needs only C rows, which are cached on the graph (all of them when
-they fit ``cooc_cache_bytes``: amazon-sports needs 42 MB), so a query is a few ORs and ANDs of bitsets with no
-per-source BFS. Live edges (added / removed) rebuild only the C rows they can change.
+ball_b(y) share a bit. For max_hops = 5 that needs only C rows, which are cached on the graph (all of them
+when they fit ``cooc_cache_bytes``: amazon-sports needs 42 MB), so a query is a few ORs and ANDs of bitsets
+with no per-source BFS. Live edges (added / removed) rebuild only the C rows they can change.
 """
 
 from __future__ import annotations
