@@ -2,7 +2,7 @@
 
 Keys (``{tag}`` is a Redis Cluster hash tag, so one user's keys share a slot and can be pipelined together):
 
-- ``{prefix}:{version}:nbr:{<tag>}``  packed neighbourhood of the user under that model version (TTL)
+- ``{prefix}:{version}:nbr:{<tag>}``  the user's neighbourhood entry under that model version (TTL)
 - ``{prefix}:hist:{<tag>}``           list of the user's live item ids (raw ids, newest last, capped)
 - ``{prefix}:interactions``           stream of every accepted interaction (the durable record)
 

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         False, description="Serve encoder.int8.onnx (dynamic INT8 quantisation) when the version has one."
     )
     encoder_threads: int = Field(0, ge=0, description="Intra-op threads of the encoder (0: library default).")
+    search_threads: int = Field(
+        1,
+        ge=0,
+        description="OpenMP threads of FAISS search (0: library default). One is fastest for the small "
+        "per-batch searches of serving and leaves the other cores to HTTP and the encoder.",
+    )
     batch_max_size: int = Field(32, ge=1, le=1024, description="Most requests encoded in one micro-batch.")
     batch_max_wait_ms: float = Field(
         1.0, ge=0, description="Longest wait for more requests after the first one of a micro-batch."

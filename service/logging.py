@@ -6,14 +6,15 @@ it up without passing it around (works across ``await`` and ``run_in_executor`` 
 from __future__ import annotations
 
 import logging
+import random
 import re
 import sys
 import time
-import uuid
 from contextvars import ContextVar
 
 import orjson
 
+_rng = random.Random()  # seeded from os.urandom once
 request_id_var: ContextVar[str | None] = ContextVar("edgerec_request_id", default=None)
 
 # Accept a caller's X-Request-ID only when it is short and plain, so it cannot inject into logs or headers.
@@ -26,7 +27,8 @@ def new_request_id(candidate: str | None = None) -> str:
     """The caller's id when it is well-formed, else a fresh random one."""
     if candidate and _REQUEST_ID_RE.match(candidate):
         return candidate
-    return uuid.uuid4().hex
+    # Request ids need uniqueness, not secrecy: the PRNG avoids a getrandom() syscall per request.
+    return f"{_rng.getrandbits(128):032x}"
 
 
 class JsonFormatter(logging.Formatter):

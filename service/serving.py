@@ -113,6 +113,10 @@ def load_serving_model(settings: Settings, version: str | None = None) -> Servin
     builder = PromptBuilder(tok, graph, cfg)
     encoder = _load_encoder(handle, settings)
     item_emb = np.ascontiguousarray(handle.load_npy("item_embeddings.npy", mmap=False), dtype=np.float32)
+    if settings.search_threads:
+        import faiss
+
+        faiss.omp_set_num_threads(settings.search_threads)  # process-wide; see Settings.search_threads
     index = handle.load_index(use_gpu={"auto": "auto", "yes": True, "no": False}[settings.use_gpu])
     ranker = Ranker(index, item_emb)
     user_ids = [str(u) for u in handle.load_json("user_ids.json")]

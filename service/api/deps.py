@@ -1,4 +1,7 @@
-"""FastAPI dependencies, declared once as ``Annotated`` types that routes take as parameters."""
+"""FastAPI dependencies, declared once as ``Annotated`` types that routes take as parameters.
+
+All are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, and a handful of
+thread hops per request would cost more than the whole recommendation on a 2-core machine."""
 
 from __future__ import annotations
 
@@ -18,30 +21,30 @@ from service.state import AppState
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key (when configured).")
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     return request.app.state.edgerec
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     return state.settings
 
 
-def get_cache(state: StateDep) -> Cache:
+async def get_cache(state: StateDep) -> Cache:
     return state.cache
 
 
-def get_metrics(state: StateDep) -> Metrics:
+async def get_metrics(state: StateDep) -> Metrics:
     return state.metrics
 
 
-def get_recommender(state: StateDep) -> Recommender:
+async def get_recommender(state: StateDep) -> Recommender:
     return state.recommender
 
 
-def get_model(state: StateDep) -> ServingModel:
+async def get_model(state: StateDep) -> ServingModel:
     """The model at the start of the request; the request keeps it even if a hot swap happens meanwhile."""
     model = state.holder.current
     if model is None:
@@ -69,21 +72,21 @@ def _check(expected: str, given: str | None, what: str) -> None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"wrong {what}")
 
 
-def require_api_key(
+async def require_api_key(
     settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)] = None
 ) -> None:
     if settings.api_key is not None:
         _check(settings.api_key.get_secret_value(), key, "API key")
 
 
-def require_probe_key(
+async def require_probe_key(
     settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)] = None
 ) -> None:
     if settings.api_key is not None and not settings.auth_exempt_probes:
         _check(settings.api_key.get_secret_value(), key, "API key")
 
 
-def require_admin_key(
+async def require_admin_key(
     settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)] = None
 ) -> None:
     if settings.admin_api_key is None:
