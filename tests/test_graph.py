@@ -233,7 +233,7 @@ def test_many_matches_single_and_per_set_modifications(path):
         path.hop_distances_many(sets, removed_edges=removed[:2])
 
 
-def reference_distances(ui: np.ndarray, nodes: np.ndarray, max_hops: int) -> np.ndarray:
+def reference_distances(ui: np.ndarray | sp.spmatrix, nodes: np.ndarray, max_hops: int) -> np.ndarray:
     adj = sp.bmat([[None, sp.csr_matrix(ui)], [sp.csr_matrix(ui.T), None]])
     d = shortest_path(adj, unweighted=True, indices=nodes)[:, nodes]
     return np.where(d > max_hops, max_hops + 1, d).astype(np.int8)
@@ -401,3 +401,40 @@ def test_load_errors(tmp_path, path):
     (folder / "shape.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(ValueError, match="format"):
         BipartiteGraph.load(folder)
+
+
+# ---------------------------------------------------------------- real data
+def test_amazon_office_against_scipy_bfs():
+    """On a real prepared graph, prompt-like node sets match scipy's BFS from each source."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "amazon-office"
+    if not root.exists():
+        pytest.skip(f"real dataset not found at {root} (see shared/datasets/README.md)")
+    from training.dataset import prepare
+    from training.ingest import read_recbole
+
+    train = prepare(read_recbole(root), "amazon-office").train
+    g = BipartiteGraph.from_matrix(train).warm()
+    rng = np.random.default_rng(7)
+    ui = (train != 0).astype(np.float64)
+    sets = []
+    for u in rng.integers(0, g.n_users, size=6).tolist():
+        nb = g.neighbourhood(u, n_users=8, n_items=8)
+        sets.append(
+            np.concatenate([[u], g.item_node(nb.items[:10]), nb.co_users, g.item_node(nb.two_hop_items)])
+        )
+    sets.append(rng.integers(0, g.n_nodes, size=25))  # random nodes: long and unreachable distances too
+    for s, d in zip(sets, g.hop_distances_many(sets), strict=True):
+        np.testing.assert_array_equal(d, reference_distances(ui, s, 5))
+    # live edges: a user's held-out valid items added, some train edges removed
+    u = int(rng.integers(0, g.n_users))
+    extra = (np.full(2, u), rng.integers(0, g.n_items, 2))
+    removed = (np.full(2, u), g.user_items(u)[:2])
+    mod = ui.tolil()
+    mod[extra] = 1
+    mod[removed] = 0
+    for s in sets[:3]:
+        np.testing.assert_array_equal(
+            g.hop_distances(s, 5, extra, removed), reference_distances(mod.tocsr(), s, 5)
+        )
