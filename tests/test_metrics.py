@@ -126,7 +126,7 @@ def _toy_dataset() -> SimpleNamespace:
     return SimpleNamespace(train=train, valid=valid, test=test)
 
 
-def test_harness_masks_train_on_valid_and_train_plus_valid_on_test():
+def test_harness_masks_train_items_and_optionally_valid_items_on_test():
     ds = _toy_dataset()
     fixed = np.array([5.0, 4.0, 3.0, 2.0, 1.0], dtype=np.float32)  # item 0 best ... item 4 worst
 
@@ -134,18 +134,21 @@ def test_harness_masks_train_on_valid_and_train_plus_valid_on_test():
         return np.tile(fixed, (len(users), 1))
 
     valid = evaluate(score_fn, ds, "valid", ks=(1,), ndcg_ks=(2,))
-    # user 0: train {0} masked -> top1 = item 1 (hit); user 1: train {1} -> top1 = 0, valid 3 at rank 2 ->
-    # miss
+    # user 0: train {0} masked -> top1 = item 1 (hit); user 1: train {1} -> 0, 2, 3: item 3 at rank 2, a miss
     assert valid["users"] == 2
     assert valid["recall@1"] == pytest.approx(0.5)
-    assert valid["ndcg@2"] == pytest.approx(0.5)  # user 1's item 3 is at rank 2 (0-based), outside @2
+    assert valid["ndcg@2"] == pytest.approx(0.5)
+    # test, the paper's protocol: only train masked, so user 0's valid item 1 takes rank 0 and test item 2
+    # lands on rank 1; user 1 ranks 0, 2, 3, 4 (test 4 at rank 3); user 2 ranks 0, 1, 3 (test 3 at rank 2)
     test = evaluate(score_fn, ds, "test", ks=(1,), ndcg_ks=(2,))
-    # user 0: {0, 1} masked -> top1 item 2 hit; user 1: {1, 3} masked -> 0, 2, 4: item 4 at rank 2 -> miss @2;
-    # user 2: {2} masked -> 0, 1, 3: item 3 at rank 2 -> miss
     assert test["users"] == 3
-    assert test["recall@1"] == pytest.approx(1 / 3)
-    assert test["ndcg@2"] == pytest.approx(1 / 3)
-    assert known_items(ds, "test").nnz == 5
+    assert test["recall@1"] == 0.0
+    assert test["ndcg@2"] == pytest.approx((1 / LOG2_3) / 3)
+    # masking valid items as well: user 0 -> item 2 first (hit); user 1 -> 0, 2, 4; user 2 unchanged
+    test_masked = evaluate(score_fn, ds, "test", ks=(1,), ndcg_ks=(2,), mask_valid_on_test=True)
+    assert test_masked["recall@1"] == pytest.approx(1 / 3)
+    assert test_masked["ndcg@2"] == pytest.approx(1 / 3)
+    assert known_items(ds, "test").nnz == 3 and known_items(ds, "test", mask_valid_on_test=True).nnz == 5
 
 
 def test_harness_accepts_torch_and_checks_shapes():
