@@ -411,11 +411,6 @@ class BipartiteGraph:
             raise ValueError(f"edge item index out of range [0, {self.n_items})")
         return eu.astype(np.int64), ei.astype(np.int64)
 
-    @property
-    def adjacency(self) -> sp.csr_matrix:
-        """Symmetric (U+I) x (U+I) 0/1 adjacency (float32), 2 x edges entries; built on each call."""
-        return sp.bmat([[None, self.ui], [self.iu, None]], format="csr", dtype=np.float32)
-
     def warm(self) -> BipartiteGraph:
         """Precompute all item co-occurrence bitsets when they fit the cache (e.g. when a service loads).
 
@@ -447,30 +442,32 @@ class BipartiteGraph:
             return None
         eu, ei = self._check_edges(extra) if extra is not None else (np.zeros(0, np.int64),) * 2
         ru, ri = self._check_edges(removed) if removed is not None else (np.zeros(0, np.int64),) * 2
-        nu, ni = self.n_users, self.n_items
-        add = {(u, i) for u, i in zip(eu.tolist(), ei.tolist(), strict=True)}
-        rem = {(u, i) for u, i in zip(ru.tolist(), ri.tolist(), strict=True)}
+        add = set(zip(eu.tolist(), ei.tolist(), strict=True))
+        rem = set(zip(ru.tolist(), ri.tolist(), strict=True))
         add -= rem
+        by_user: dict[int, tuple[set[int], set[int]]] = {}
+        by_item: dict[int, tuple[set[int], set[int]]] = {}
+        for edges, k in ((add, 0), (rem, 1)):
+            for u, i in edges:
+                by_user.setdefault(u, (set(), set()))[k].add(i)
+                by_item.setdefault(i, (set(), set()))[k].add(u)
         user_items: dict[int, np.ndarray] = {}
         item_users: dict[int, np.ndarray] = {}
-        for u in {u for u, _ in add | rem}:
+        for u, (plus, minus) in by_user.items():
             row = set(self.user_items(u).tolist())
-            new = (row | {i for uu, i in add if uu == u}) - {i for uu, i in rem if uu == u}
-            if new != row:
+            if (new := (row | plus) - minus) != row:
                 user_items[u] = np.array(sorted(new), dtype=np.int64)
-        for i in {i for _, i in add | rem}:
+        for i, (plus, minus) in by_item.items():
             row = set(self.item_users(i).tolist())
-            new = (row | {u for u, ii in add if ii == i}) - {u for u, ii in rem if ii == i}
-            if new != row:
+            if (new := (row | plus) - minus) != row:
                 item_users[i] = np.array(sorted(new), dtype=np.int64)
         if not user_items:
             return None
         # An item's co-occurrence row can change only if one of its users (before or after) changed.
-        affected = np.zeros(ni, dtype=bool)
-        for u, new in user_items.items():
+        affected = np.zeros(self.n_items, dtype=bool)
+        for u, new_items in user_items.items():
             affected[self.user_items(u)] = True
-            affected[new] = True
-        del nu
+            affected[new_items] = True
         return _Mods(user_items=user_items, item_users=item_users, affected=affected)
 
     def _items_of(self, users: np.ndarray, mods: _Mods | None) -> tuple[np.ndarray, np.ndarray]:
