@@ -75,6 +75,13 @@ def test_topk_matches_brute_force_on_heavily_tied_scores():
     assert np.array_equal(topk_items(scores, 40), expected)
 
 
+def test_k_larger_than_the_catalogue():
+    scores = np.array([[0.2, 0.9, 0.5]], dtype=np.float32)
+    m = batch_metrics(scores, csr([[0, 1]], 3), ks=(5,), ndcg_ks=(5,))
+    assert m["recall@5"][0] == 1.0  # 2 hits / min(5, 2)
+    assert m["ndcg@5"][0] == pytest.approx((1 + 1 / 2) / (1 + 1 / LOG2_3))  # hits at ranks 0 and 2
+
+
 def test_masking_removes_train_items():
     scores = np.array([[0.9, 0.8, 0.1, 0.2]], dtype=np.float32)
     train = csr([[0, 1]], 4)

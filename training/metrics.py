@@ -149,6 +149,8 @@ def batch_metrics(
     kmax = max([*ks, *ndcg_ks])
     top = topk_items(scores, min(kmax, scores.shape[1]))
     hits = hit_matrix(top, heldout)
+    if hits.shape[1] < kmax:  # fewer items than k: the missing ranks can hold no hit
+        hits = np.pad(hits, ((0, 0), (0, kmax - hits.shape[1])))
     n_heldout = np.diff(heldout.tocsr().indptr)
     out = {f"recall@{k}": recall_at_k(hits, n_heldout, k) for k in ks}
     out.update({f"ndcg@{k}": ndcg_at_k(hits, n_heldout, k) for k in ndcg_ks})
