@@ -18,6 +18,7 @@ Variants (TrainConfig overrides on top of the defaults and ``--set``):
   ones_bias         every id–id pair gets 1: token-type pattern only, no graph distances
   no_neighbourhood  no co-users / two-hop items in predictive prompts, no neighbour or group prompts
   no_pretrain       fine-tuning only (SVD-initialised id tables)
+  no_user_token     prompts without user_<u> tokens (the anonymous form everywhere)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ VARIANTS: dict[str, dict] = {
         "group_prompts": False,
     },
     "no_pretrain": {"pretrain_rounds": 0, "content_warmup": 0},
+    "no_user_token": {"prompt": {"use_user_token": False}},
 }
 
 
