@@ -19,6 +19,7 @@ import json
 import os
 import struct
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -425,7 +426,7 @@ class BipartiteGraph:
         return (self.n_items + 63) // 64
 
     def _cache(self) -> _RowCache:
-        if self._rows is None:
+        if self._rows is None:  # two threads racing here both build an empty cache; either one is fine
             cap = max(1, min(self.n_items, self.cooc_cache_bytes // (8 * self._n_words)))
             self._rows = _RowCache(self.n_items, self._n_words, cap)
         return self._rows
@@ -536,14 +537,16 @@ class BipartiteGraph:
         if fresh.any():
             out[fresh] = self._compute_cooc(items[fresh], mods)
         cache = self._cache()
-        slot = cache.slot[items]
-        hit = ~fresh & (slot >= 0)
-        out[hit] = cache.table[slot[hit]]
+        with cache.lock:  # the service queries from several threads; a put may evict rows being read
+            slot = cache.slot[items]
+            hit = ~fresh & (slot >= 0)
+            out[hit] = cache.table[slot[hit]]
         miss = ~fresh & (slot < 0)
         if miss.any():
             rows = self._compute_cooc(items[miss], None)
             out[miss] = rows
-            cache.put(items[miss], rows)
+            with cache.lock:
+                cache.put(items[miss], rows)
         return out
 
     def _item_balls(self, items: np.ndarray, radii: list[int], mods: _Mods | None) -> dict[int, np.ndarray]:
@@ -654,6 +657,7 @@ class _RowCache:
         self.owner = np.full(capacity, -1, dtype=np.int64)
         self.table = np.zeros((capacity, n_words), dtype=np.uint64)
         self.next = 0
+        self.lock = threading.Lock()
 
     def put(self, items: np.ndarray, rows: np.ndarray) -> None:
         cap = self.owner.size

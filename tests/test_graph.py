@@ -438,3 +438,20 @@ def test_amazon_office_against_scipy_bfs():
         np.testing.assert_array_equal(
             g.hop_distances(s, 5, extra, removed), reference_distances(mod.tocsr(), s, 5)
         )
+
+
+def test_small_cache_evicts_and_stays_correct():
+    """With room for only 3 co-occurrence rows the cache keeps evicting; answers must not change."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    m = sp.random(40, 30, density=0.1, random_state=rng, format="csr")
+    ui = (m.toarray() != 0).astype(float)
+    g = BipartiteGraph.from_matrix(m)
+    g.cooc_cache_bytes = 3 * 8 * g._n_words
+    sets = [rng.choice(70, size=15) for _ in range(24)]
+    with ThreadPoolExecutor(4) as pool:  # the service queries one graph from several threads
+        results = list(pool.map(g.hop_distances, sets))
+    assert g._cache().owner.size == 3
+    for s, d in zip(sets, results, strict=True):
+        np.testing.assert_array_equal(d, reference_distances(ui, s, 5))
