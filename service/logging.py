@@ -20,7 +20,12 @@ request_id_var: ContextVar[str | None] = ContextVar("edgerec_request_id", defaul
 # Accept a caller's X-Request-ID only when it is short and plain, so it cannot inject into logs or headers.
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-_STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+# Standard record attributes are not copied as extra fields (uvicorn's color_message duplicates msg).
+_STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 def new_request_id(candidate: str | None = None) -> str:

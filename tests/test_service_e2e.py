@@ -342,3 +342,30 @@ def test_schemathesis_finds_no_server_errors(served):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert sys.executable  # the run used this environment's schemathesis
+
+
+# ---------------------------------------------------------------------------------- encoders
+def test_torch_encoder_serves_a_version_without_onnx(http, store, served, tmp_path):
+    """A version that holds only the torch weights is served by the torch fallback, with the same answers."""
+    from training.export import publish
+
+    _, url, prefix = served
+    src = ModelStore(store.root).path(store.versions[0])
+    folder = tmp_path / "torch-only"
+    shutil.copytree(src, folder, ignore=shutil.ignore_patterns("*.onnx", "manifest.json"))
+    for p in [folder, *folder.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)  # the store's copies are read-only
+    version = publish(folder, store.root)  # published, not promoted
+    settings = make_settings(
+        store, tmp_path / "home", redis_url=url, redis_prefix=prefix, model_version=version
+    )
+    user = store.user_ids[5]
+    onnx_ids = ids(http.post(f"/recommend/{user}", json={"k": 5}))
+    with (
+        ServerThread(create_app(settings)) as srv,
+        httpx.Client(base_url=srv.url, headers={"X-API-Key": KEY}, timeout=30) as c,
+    ):
+        info = c.get("/model").json()
+        assert info["version"] == version and info["encoder"] == "TorchEncoder"
+        torch_ids = ids(c.post(f"/recommend/{user}", json={"k": 5}))
+    assert set(torch_ids) == set(onnx_ids)
