@@ -5,7 +5,7 @@ mapped to temporary folders; then a recommendation is fetched over HTTP.
 Differences from a real `docker compose up`, all explicit below: container paths are mapped onto temporary
 folders, `redis:6379` onto a redis-server started here on a free port, and the API binds 127.0.0.1 on a free
 port instead of 0.0.0.0:8000 (the probe and port tests check the 8000 wiring). The training set is a slice of
-MovieLens 100K from ../shared/datasets; the trainer recipe is made tiny through EDGEREC_TRAIN_ARGS, which
+Amazon Office from ../shared/datasets; the trainer recipe is made tiny through EDGEREC_TRAIN_ARGS, which
 compose passes through from the host as an operator would set it."""
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets" / "movielens-100k"
-N_USERS = 150  # slice of MovieLens 100K: enough for 5-core filtering, small enough to train in seconds
+SHARED = ROOT.parent / "shared" / "datasets" / "amazon-office"
+N_USERS = 400  # first users of Amazon Office: ~110 users and ~150 items survive 5-core; trains in seconds
 # A deliberately tiny recipe (flags of `edgerec train`); quality is not the point here, the wiring is.
 TINY_TRAIN_ARGS = " ".join(
     f"--set {kv}"
@@ -48,8 +48,6 @@ TINY_TRAIN_ARGS = " ".join(
     )
 )
 VAR = re.compile(r"\$\{(?P<name>[A-Z][A-Z0-9_]*)(?::-(?P<default>[^}]*))?\}")
-
-pytestmark = pytest.mark.slow
 
 
 # ---------------------------------------------------------------- compose semantics (the subset used)
@@ -125,13 +123,20 @@ def resolve_command(argv: list[str], image: Image, bin_dir: Path) -> list[str]:
     return [found, *argv[1:]]
 
 
-def slice_movielens(dest: Path) -> None:
-    """First N_USERS users' rows of the shared MovieLens 100K (RecBole atomic files) plus the item text."""
+def slice_office(dest: Path) -> None:
+    """The first N_USERS users' rows of the shared Amazon Office (RecBole atomic files) plus the item text."""
     dest.mkdir(parents=True)
-    lines = (SHARED / "movielens-100k.inter").read_text(encoding="utf-8").splitlines()
-    keep = [ln for ln in lines[1:] if int(ln.split("\t", 1)[0]) <= N_USERS]
-    (dest / "ml-slice.inter").write_text("\n".join([lines[0], *keep]) + "\n", encoding="utf-8")
-    shutil.copy(SHARED / "movielens-100k.item", dest / "ml-slice.item")
+    lines = (SHARED / "amazon-office.inter").read_text(encoding="utf-8").splitlines()
+    users: set[str] = set()
+    keep = []
+    for line in lines[1:]:
+        user = line.split("\t", 1)[0]
+        if user not in users and len(users) >= N_USERS:
+            continue
+        users.add(user)
+        keep.append(line)
+    (dest / "office-slice.inter").write_text("\n".join([lines[0], *keep]) + "\n", encoding="utf-8")
+    shutil.copy(SHARED / "amazon-office.item", dest / "office-slice.item")
 
 
 def wait_healthy(
@@ -159,7 +164,7 @@ def stop(proc: subprocess.Popen) -> None:
 # ---------------------------------------------------------------- the test
 def test_compose_trainer_then_api_serve_a_recommendation(tmp_path):
     if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} not found: the shared MovieLens 100K is needed for this end-to-end test")
+        pytest.skip(f"{SHARED} not found: the shared Amazon Office data is needed for this end-to-end test")
     redis_server = shutil.which("redis-server")
     if redis_server is None:
         pytest.skip("redis-server not on PATH (Debian package redis-server)")
@@ -210,7 +215,7 @@ def test_compose_trainer_then_api_serve_a_recommendation(tmp_path):
         (src,) = [v for v in trainer["volumes"] if v["type"] == "bind"]
         assert src["source"] == "./data/source"  # the documented default, before we redirect it
         data_source = tmp_path / "data-source"
-        slice_movielens(data_source)
+        slice_office(data_source)
         src["source"] = str(data_source)
         t_mounts = mounts_of("trainer")
         t_map = Mapper(t_mounts)
