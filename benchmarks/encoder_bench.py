@@ -2,11 +2,11 @@
 
 For the small default model (2 layers x 128-d, 4 heads, ``ModelConfig.preset("small")``) sized for
 amazon-office (6,000 word pieces, 4,905 users, 2,420 items), or for a trained run's model with ``--run``:
-median / p90 latency of one ``user_vector`` call at batch 1 and 16 and prompt lengths 32 / 64 / 128, on the
-CPU, with a fixed thread count. Inputs are left-padded prompts with a graph bias on id-token pairs (latency
-depends only on shapes). With ``--run`` the run is also exported with the INT8 encoder and the version is
-evaluated on valid and test with both encoders (``training.export.evaluate_version``: ONNX + FAISS), which is
-the INT8 metric cost.
+median / p90 latency of one ``user_vector`` call at batch 1 and 16 and prompt lengths 32 / 64 / 128 on the
+CPU, with a fixed thread count; the three encoders are timed round-robin so machine load hits them alike.
+Inputs are left-padded prompts with a graph bias on id-token pairs (latency depends only on shapes). With
+``--run`` the run is also exported with the INT8 encoder and the version is evaluated on valid and test with
+both encoders (``training.export.evaluate_version``: ONNX + FAISS), which is the INT8 metric cost.
 
     python -m benchmarks.encoder_bench                                  # random-init small model
     python -m benchmarks.encoder_bench --run .edgerec/runs/amazon-office --threads 1
@@ -39,15 +39,29 @@ def inputs(vocab: int, n_words: int, b: int, length: int, seed: int):
 
 
 def timeit(fn, repeats: int, warmup: int = 3) -> tuple[float, float]:
+    """(median, p90) milliseconds of ``fn()``."""
+    return interleaved({"fn": fn}, repeats, warmup)["fn"]
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 3) -> dict[str, tuple[float, float]]:
+    """(median, p90) milliseconds per function, timed round-robin in a shuffled order each round, so that load
+    from other processes on a shared machine hits every contender alike instead of whichever ran last."""
+    rng = np.random.default_rng(0)
+    names = list(fns)
     for _ in range(warmup):
-        fn()
-    times = []
+        for n in names:
+            fns[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    return statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))]
+        for i in rng.permutation(len(names)):
+            t = time.perf_counter()
+            fns[names[i]]()
+            times[names[i]].append((time.perf_counter() - t) * 1e3)
+    out = {}
+    for n, ts in times.items():
+        ts.sort()
+        out[n] = (statistics.median(ts), ts[min(len(ts) - 1, int(0.9 * len(ts)))])
+    return out
 
 
 def main() -> None:
@@ -99,9 +113,15 @@ def main() -> None:
                     with torch.inference_mode():
                         model.user_vector(*tx)
 
-                t = timeit(run_torch, args.repeats)
-                o = timeit(lambda x=x: enc.encode(*x), args.repeats)
-                q = timeit(lambda x=x: enc8.encode(*x), args.repeats)
+                res = interleaved(
+                    {
+                        "torch": run_torch,
+                        "onnx": lambda x=x: enc.encode(*x),
+                        "int8": lambda x=x: enc8.encode(*x),
+                    },
+                    args.repeats,
+                )
+                t, o, q = res["torch"], res["onnx"], res["int8"]
                 print(
                     f"{b:5d} {length:4d}  {t[0]:7.2f} ({t[1]:6.2f})  {o[0]:7.2f} ({o[1]:6.2f})  "
                     f"{q[0]:7.2f} ({q[1]:6.2f})   {t[0] / o[0]:8.2f}x  {o[0] / q[0]:8.2f}x"
