@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         description="OpenMP threads of FAISS search (0: library default). One is fastest for the small "
         "per-batch searches of serving and leaves the other cores to HTTP and the encoder.",
     )
+    cache_user_vectors: bool = Field(
+        True,
+        description="Keep the user vector in the cache entry, so a repeat request of an unchanged user skips "
+        "the encoder (invalidated with the entry when the user's history changes).",
+    )
     batch_max_size: int = Field(32, ge=1, le=1024, description="Most requests encoded in one micro-batch.")
     batch_max_wait_ms: float = Field(
         1.0, ge=0, description="Longest wait for more requests after the first one of a micro-batch."

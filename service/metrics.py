@@ -62,6 +62,11 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.encoder_skipped = Counter(
+            "edgerec_encoder_skipped_total",
+            "Personalised answers served from a cached user vector (no encoder pass).",
+            registry=r,
+        )
         self.recommendations = Counter(
             "edgerec_recommendations_total", "Users answered by the recommend endpoints.", registry=r
         )

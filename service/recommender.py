@@ -25,7 +25,7 @@ import numpy as np
 from graphprompt.graph import Neighbourhood
 from graphprompt.prompts import EncodedPrompt, PromptBuilder
 from service.batcher import MicroBatcher
-from service.cache import Cache, RedisUnavailable
+from service.cache import Cache, Lookup, RedisUnavailable
 from service.config import Settings
 from service.metrics import Metrics
 from service.serving import ServingModel
@@ -62,52 +62,65 @@ class Recommendation:
         return next((r for r in FALLBACK_ORDER if r in self.reasons), None)
 
 
+# One micro-batch job: (prompt to encode, or a cached user vector; k; items to exclude)
+_Encode = tuple[EncodedPrompt | None, np.ndarray | None, int, np.ndarray]
+_Ranked = tuple[np.ndarray, np.ndarray, np.ndarray]  # (item indices, scores) best first, the user vector
+
+
+_ENTRY = struct.Struct("<4sIII")  # magic, packed neighbourhood length, distance nodes, vector dimension
+_ENTRY_MAGIC = b"NBD2"
+
+
 @dataclass
-class _Job:
-    user: int | None
-    history: np.ndarray  # prompt history, oldest first
-    cached: bytes | None  # cached neighbourhood entry (see pack_entry)
-    nbr_items: np.ndarray | None  # items to compute the neighbourhood from on a miss
-    extra_edges: tuple[np.ndarray, np.ndarray] | None  # live edges of a known user
-    k: int
-    exclude: np.ndarray
-    cacheable: bool  # the prompt depends on stored state only (no request context): worth caching
+class Entry:
+    """What the cache keeps per user and model version, all derived from the user's stored history (train +
+    live) alone: the neighbourhood, the hop distances among the prompt's nodes, and the user vector.
 
+    The bounded BFS behind the distances is ~90 % of building a prompt, so a hit's prompt is ~10x cheaper;
+    with the user vector a repeat request for an unchanged user needs no encoder pass at all (only the
+    search). The history fingerprint stored beside the entry (see service.cache) keeps all three current."""
 
-_Encode = tuple[EncodedPrompt, int, np.ndarray]  # (prompt, k, items to exclude): one micro-batch job
-_Ranked = tuple[np.ndarray, np.ndarray]  # (item indices, scores), best first
+    nbr: Neighbourhood | None = None
+    distances: tuple[np.ndarray, np.ndarray] | None = None  # (sorted node ids, int8 [n, n] hop distances)
+    vector: np.ndarray | None = None  # float32 [D]
 
+    def pack(self) -> bytes:
+        nb = self.nbr.pack() if self.nbr is not None else b""
+        if self.distances is not None:
+            nodes, dist = self.distances
+        else:
+            nodes, dist = np.zeros(0, np.int64), np.zeros((0, 0), np.int8)
+        vec = np.zeros(0, np.float32) if self.vector is None else np.asarray(self.vector, dtype="<f4")
+        head = _ENTRY.pack(_ENTRY_MAGIC, len(nb), len(nodes), vec.size)
+        return b"".join(
+            [
+                head,
+                nb,
+                nodes.astype("<i4").tobytes(),
+                np.ascontiguousarray(dist, np.int8).tobytes(),
+                vec.tobytes(),
+            ]
+        )
 
-_ENTRY = struct.Struct("<4sII")  # magic, packed neighbourhood length, number of distance nodes
-_ENTRY_MAGIC = b"NBD1"
-
-
-def pack_entry(nbr: Neighbourhood | None, distances: tuple[np.ndarray, np.ndarray] | None) -> bytes:
-    """A cache entry: the packed neighbourhood plus the hop distances among the prompt's nodes.
-
-    The bounded BFS behind the distances is ~90 % of building a prompt, so caching it with the neighbourhood
-    makes a cache hit's prompt ~10x cheaper. Distances are int8 (n x n for the n distinct nodes, ~70)."""
-    nb = nbr.pack() if nbr is not None else b""
-    nodes, dist = distances if distances is not None else (np.zeros(0, np.int64), np.zeros((0, 0), np.int8))
-    head = _ENTRY.pack(_ENTRY_MAGIC, len(nb), len(nodes))
-    return head + nb + nodes.astype("<i4").tobytes() + np.ascontiguousarray(dist, dtype=np.int8).tobytes()
-
-
-def unpack_entry(data: bytes) -> tuple[Neighbourhood | None, tuple[np.ndarray, np.ndarray] | None]:
-    """Inverse of pack_entry; ValueError on anything malformed."""
-    if len(data) < _ENTRY.size:
-        raise ValueError("cache entry too short")
-    magic, n_nb, n = _ENTRY.unpack_from(data)
-    if magic != _ENTRY_MAGIC or len(data) != _ENTRY.size + n_nb + 4 * n + n * n:
-        raise ValueError("not a neighbourhood cache entry")
-    off = _ENTRY.size
-    nbr = Neighbourhood.unpack(data[off : off + n_nb]) if n_nb else None
-    off += n_nb
-    if n == 0:
-        return nbr, None
-    nodes = np.frombuffer(data, dtype="<i4", count=n, offset=off).astype(np.int64)
-    dist = np.frombuffer(data, dtype=np.int8, count=n * n, offset=off + 4 * n).reshape(n, n)
-    return nbr, (nodes, dist)
+    @classmethod
+    def unpack(cls, data: bytes) -> Entry:
+        """Inverse of pack; ValueError on anything malformed (e.g. an entry of an older layout)."""
+        if len(data) < _ENTRY.size:
+            raise ValueError("cache entry too short")
+        magic, n_nb, n, dim = _ENTRY.unpack_from(data)
+        if magic != _ENTRY_MAGIC or len(data) != _ENTRY.size + n_nb + 4 * n + n * n + 4 * dim:
+            raise ValueError("not a neighbourhood cache entry")
+        off = _ENTRY.size
+        nbr = Neighbourhood.unpack(data[off : off + n_nb]) if n_nb else None
+        off += n_nb
+        distances = None
+        if n:
+            nodes = np.frombuffer(data, dtype="<i4", count=n, offset=off).astype(np.int64)
+            dist = np.frombuffer(data, dtype=np.int8, count=n * n, offset=off + 4 * n).reshape(n, n)
+            distances = (nodes, dist)
+        off += 4 * n + n * n
+        vector = np.frombuffer(data, dtype="<f4", count=dim, offset=off).astype(np.float32) if dim else None
+        return cls(nbr, distances, vector)
 
 
 def dedup_keep_last(x: np.ndarray) -> np.ndarray:
@@ -204,25 +217,9 @@ class Recommender:
         else:
             if u is None:
                 reasons.append(COLD_START)
-            new_edges = np.setdiff1d(np.concatenate([live, recent]), train) if u is not None else _EMPTY
-            edges = (np.full(new_edges.size, u, dtype=np.int64), new_edges) if new_edges.size else None
-            # Cache only what depends on stored state alone (train + live history), never request context.
-            cacheable = lookup is not None and stored.size > 0 and bool(np.isin(recent, stored).all())
-            job = _Job(
-                user=u,
-                history=history,
-                cached=lookup.neighbourhood if lookup is not None else None,
-                nbr_items=stored if stored.size else recent,
-                extra_edges=edges,
-                k=k,
-                exclude=exclude,
-                cacheable=cacheable,
+            ids, scores = await self._personal(
+                model, user_id, u, lookup, (train, live, stored, recent, history), k, exclude
             )
-            prompt, entry = self._prompt(model, job)
-            assert model.batcher is not None, "model was not attached to the recommender"
-            ids, scores = await model.batcher.submit((prompt, k, exclude))
-            if entry is not None and lookup is not None:
-                self._spawn(self.cache.store_neighbourhood(model.version, user_id, lookup.fingerprint, entry))
 
         for r in reasons:
             self.metrics.fallbacks.labels(r).inc()
@@ -236,53 +233,102 @@ class Recommender:
 
     # -- the batch function (worker thread) ------------------------------------------------------------------
 
-    def _prompt(self, model: ServingModel, job: _Job) -> tuple[EncodedPrompt, bytes | None]:
-        """The job's prompt, from the cached entry where it covers it; returns a fresh entry worth caching."""
-        builder, cfg = model.builder, model.builder.cfg
-        stage = self.metrics.stage_seconds
-        nbr, dist, fresh = None, None, False
-        if job.cached is not None:
+    async def _personal(
+        self,
+        model: ServingModel,
+        user_id: str,
+        u: int | None,
+        lookup: Lookup | None,
+        items: tuple[np.ndarray, ...],
+        k: int,
+        exclude: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Prompt → encoder → search, reusing the cache entry where the request allows it. ``items`` holds
+        the user's (train, live, stored = train + live, recent, history = stored + recent) item indices."""
+        train, live, stored, recent, history = items
+        entry = Entry()
+        if lookup is not None and lookup.neighbourhood is not None:
             try:
-                nbr, dist = unpack_entry(job.cached)
+                entry = Entry.unpack(lookup.neighbourhood)
             except ValueError:
                 log.warning("malformed neighbourhood cache entry ignored")
+        # The entry describes the stored history only: its neighbourhood and distances serve a request whose
+        # session items are all in it; its user vector only a request with no session items (order matters).
+        reuse = lookup is not None and stored.size > 0 and bool(np.isin(recent, stored).all())
+        reuse_vector = reuse and recent.size == 0 and self.settings.cache_user_vectors
+        if not reuse:
+            entry = Entry()
+        assert model.batcher is not None, "model was not attached to the recommender"
+        vec = entry.vector if reuse_vector else None
+        if vec is not None and vec.shape == (model.ranker.dim,):
+            self.metrics.encoder_skipped.inc()
+            ids, scores, _ = await model.batcher.submit((None, vec, k, exclude))
+            return ids, scores
+
+        new_edges = np.setdiff1d(np.concatenate([live, recent]), train) if u is not None else _EMPTY
+        edges = (np.full(new_edges.size, u, dtype=np.int64), new_edges) if new_edges.size else None
+        prompt, fresh = self._prompt(model, u, history, entry, stored if stored.size else recent, edges)
+        ids, scores, vector = await model.batcher.submit((prompt, None, k, exclude))
+        if reuse_vector:
+            entry.vector, fresh = vector, True
+        if fresh and reuse:
+            packed = entry.pack()
+            self._spawn(self.cache.store_neighbourhood(model.version, user_id, lookup.fingerprint, packed))
+        return ids, scores
+
+    def _prompt(
+        self,
+        model: ServingModel,
+        user: int | None,
+        history: np.ndarray,
+        entry: Entry,
+        nbr_items: np.ndarray,
+        edges: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[EncodedPrompt, bool]:
+        """The prompt, from ``entry`` where it covers it; fills ``entry`` and says whether it changed."""
+        builder, cfg = model.builder, model.builder.cfg
+        stage = self.metrics.stage_seconds
+        fresh = False
         want_nbr = cfg.n_co_users > 0 or cfg.n_two_hop_items > 0
-        if want_nbr and nbr is None and job.nbr_items is not None and job.nbr_items.size:
+        if want_nbr and entry.nbr is None and nbr_items.size:
             t = time.perf_counter()
-            nbr = model.graph.neighbourhood(
-                job.user, items=job.nbr_items, n_users=cfg.n_co_users, n_items=cfg.n_two_hop_items
+            entry.nbr = model.graph.neighbourhood(
+                user, items=nbr_items, n_users=cfg.n_co_users, n_items=cfg.n_two_hop_items
             )
-            dist, fresh = None, True  # distances belong to the neighbourhood they were computed with
+            entry.distances, fresh = None, True  # distances belong to the neighbourhood they came with
             stage.labels("neighbourhood").observe(time.perf_counter() - t)
 
         t = time.perf_counter()
-        prompt = builder.predictive(job.user, job.history, nbr, with_bias=False)
+        prompt = builder.predictive(user, history, entry.nbr, with_bias=False)
         nodes = prompt.node_ids[prompt.node_ids >= 0]
         if cfg.bias.enabled and nodes.size:
-            if dist is None or not np.isin(nodes, dist[0]).all():
-                dist = builder.distances(nodes, extra_edges=job.extra_edges)
-                fresh = True
-            prompt = replace(prompt, bias=builder.bias(prompt.node_ids, distances=dist))
+            if entry.distances is None or not np.isin(nodes, entry.distances[0]).all():
+                entry.distances, fresh = builder.distances(nodes, extra_edges=edges), True
+            prompt = replace(prompt, bias=builder.bias(prompt.node_ids, distances=entry.distances))
         stage.labels("prompt").observe(time.perf_counter() - t)
-        entry = pack_entry(nbr, dist) if fresh and job.cacheable else None
-        return prompt, entry
+        return prompt, fresh
 
     def _run_batch(self, model: ServingModel, jobs: Sequence[_Encode]) -> list[_Ranked]:
         """Encoder + FAISS for one micro-batch (worker thread; both release the GIL while they compute)."""
-        prompts = [p for p, _, _ in jobs]
         stage = self.metrics.stage_seconds
-        t = time.perf_counter()
-        vectors = model.encoder.encode(*PromptBuilder.collate(prompts))
-        stage.labels("encode").observe(time.perf_counter() - t)
+        vectors = np.empty((len(jobs), model.ranker.dim), dtype=np.float32)
+        rows = [i for i, (p, _, _, _) in enumerate(jobs) if p is not None]
+        for i, (_, v, _, _) in enumerate(jobs):
+            if v is not None:
+                vectors[i] = v
+        if rows:
+            t = time.perf_counter()
+            vectors[rows] = model.encoder.encode(*PromptBuilder.collate([jobs[i][0] for i in rows]))
+            stage.labels("encode").observe(time.perf_counter() - t)
 
         t = time.perf_counter()
-        k_max = max(k for _, k, _ in jobs)
-        ids, scores = model.ranker.search(vectors, k_max, exclude=[ex for _, _, ex in jobs])
+        k_max = max(k for _, _, k, _ in jobs)
+        ids, scores = model.ranker.search(vectors, k_max, exclude=[ex for _, _, _, ex in jobs])
         stage.labels("search").observe(time.perf_counter() - t)
 
         out = []
-        for row, (_, k, _) in enumerate(jobs):
+        for row, (_, _, k, _) in enumerate(jobs):
             r_ids, r_scores = ids[row, :k], scores[row, :k]
             keep = r_ids >= 0  # -1 pads rows the catalogue could not fill
-            out.append((r_ids[keep].astype(np.int64), r_scores[keep].astype(np.float32)))
+            out.append((r_ids[keep].astype(np.int64), r_scores[keep].astype(np.float32), vectors[row]))
         return out

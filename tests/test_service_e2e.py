@@ -127,6 +127,24 @@ def test_batch(http, store):
     assert http.post("/recommend", json={"requests": []}).status_code == 422
 
 
+def metric(http: httpx.Client, name: str) -> float:
+    line = next(ln for ln in http.get("/metrics").text.splitlines() if ln.startswith(name + " "))
+    return float(line.split()[-1])
+
+
+def test_repeat_request_reuses_the_cached_entry(http, store):
+    """The second request of an unchanged user is served from the cache entry (no encoder pass), same answer;
+    session items bypass the cached user vector."""
+    user = store.user_ids[6]
+    first = ids(http.post(f"/recommend/{user}", json={"k": 8}))
+    time.sleep(0.3)  # the entry is written after the response, off the request path
+    skipped = metric(http, "edgerec_encoder_skipped_total")
+    again = ids(http.post(f"/recommend/{user}", json={"k": 8}))
+    assert again == first and metric(http, "edgerec_encoder_skipped_total") == skipped + 1
+    session = http.post(f"/recommend/{user}", json={"k": 8, "recent_items": store.item_ids[-1:]})
+    assert session.status_code == 200 and metric(http, "edgerec_encoder_skipped_total") == skipped + 1
+
+
 # ---------------------------------------------------------------------------------- interactions
 def test_interactions_are_stored_and_change_the_next_answer(http, store, served):
     _, url, prefix = served
