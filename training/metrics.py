@@ -61,27 +61,33 @@ def topk_items(scores: np.ndarray, k: int) -> np.ndarray:
     tied = ((scores == kth).sum(axis=1) > 1) | (vals[:, 1:] == vals[:, :-1]).any(axis=1)
     rows = np.flatnonzero(tied)
     if len(rows):
-        top[rows] = _topk_exact(scores[rows], k)
+        top[rows] = _topk_exact(scores[rows], k, kth[rows])
     return top
 
 
-def _topk_exact(scores: np.ndarray, k: int) -> np.ndarray:
-    """Deterministic top k: every item strictly above the k-th best value, then the smallest-index items
-    equal to it.
+def _topk_exact(scores: np.ndarray, k: int, kth: np.ndarray) -> np.ndarray:
+    """Deterministic top k given each row's k-th best value ``kth`` ``[B, 1]``.
 
-    ``np.argpartition`` finds the k-th value in linear time; only the ``[B, k]`` selection is sorted, with
-    a stable sort so that equal scores keep index order.
+    The selection is every item strictly above ``kth`` plus, among the items equal to it, the ones with the
+    smallest indices; those are found with a second ``torch.topk`` over ``-index`` restricted to the tied
+    items (linear, where a cumulative sum or argpartition over rows full of equal zeros is many times
+    slower). Only the ``[B, k]`` selection is then sorted, stably, so equal scores keep index order.
     """
+    import torch
+
     b, n_items = scores.shape
     if k == n_items:
         sel = np.tile(np.arange(n_items), (b, 1))
     else:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        kth = scores[np.arange(b)[:, None], part].min(axis=1, keepdims=True)
         above = scores > kth
         equal = scores == kth
-        need = k - above.sum(axis=1, keepdims=True)  # how many of the tied items still fit
-        chosen = above | (equal & (np.cumsum(equal, axis=1) <= need))
+        need = k - above.sum(axis=1)  # how many tied items still fit; 1 <= need <= number of tied items
+        key_dtype = np.float32 if n_items < 2**24 else np.float64  # item indices exact in the key
+        key = np.where(equal, -np.arange(n_items, dtype=key_dtype), -np.inf).astype(key_dtype, copy=False)
+        first = torch.topk(torch.from_numpy(key), int(need.max()), dim=1, sorted=True).indices.numpy()
+        take = np.arange(first.shape[1])[None, :] < need[:, None]
+        chosen = above
+        chosen[np.nonzero(take)[0], first[take]] = True
         # exactly k True per row; nonzero walks rows in order and items by index within a row
         sel = np.nonzero(chosen)[1].reshape(b, k)
     sel_scores = scores[np.arange(b)[:, None], sel]
