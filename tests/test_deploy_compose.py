@@ -128,3 +128,17 @@ def test_gpu_profile_reserves_a_gpu_and_leaves_the_default_stack_alone(compose):
     # Both APIs may run side by side: different host ports.
     host_port = {n: services[n]["ports"][0].split(":")[0] for n in ("api", "api-gpu")}
     assert host_port["api"] != host_port["api-gpu"]
+
+
+def test_every_host_side_variable_is_documented(compose):
+    """Each `${VAR}` of the compose file and each variable it passes through from the host has a row in
+    docs/deploy.md's table, so an operator can find every knob."""
+    doc = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    names = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE.read_text(encoding="utf-8")))
+    for svc in compose["services"].values():
+        names |= {k for k, v in svc.get("environment", {}).items() if v is None}
+    assert {"EDGEREC_DATA_SOURCE", "EDGEREC_API_KEY", "EDGEREC_TRAIN_ARGS"} <= names
+    for name in sorted(names):
+        assert f"| `{name}`" in doc or f"`{name}` /" in doc or f"/ `{name}`" in doc, (
+            f"{name} not in docs/deploy.md"
+        )
