@@ -367,7 +367,7 @@ def test_secret_ships_only_marked_placeholders(overlay):
     assert all(v.startswith("CHANGE-ME") for v in values.values())
 
 
-def test_an_operator_overlay_replaces_the_placeholder_secret(tmp_path):
+def test_an_operator_overlay_replaces_the_secret_and_tunes_training(tmp_path):
     """docs/deploy.md's recipe: an overlay's secretGenerator (behavior: replace) reads a git-ignored file."""
     (tmp_path / "secrets.env").write_text(
         "EDGEREC_API_KEY=k1-real\nEDGEREC_ADMIN_API_KEY=k2-real\nREDIS_PASSWORD=p-real\n", encoding="utf-8"
@@ -382,6 +382,9 @@ def test_an_operator_overlay_replaces_the_placeholder_secret(tmp_path):
                 ],  # must be relative
                 "secretGenerator": [
                     {"name": "edgerec-secrets", "behavior": "replace", "envs": ["secrets.env"]}
+                ],
+                "configMapGenerator": [
+                    {"name": "edgerec-train", "behavior": "merge", "literals": ["EDGEREC_TRAIN_FORCE=1"]}
                 ],
             }
         ),
@@ -399,3 +402,11 @@ def test_an_operator_overlay_replaces_the_placeholder_secret(tmp_path):
     (api,) = pod_spec(one(docs, "Deployment", "edgerec-api"))["containers"]
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in api["env"] if "valueFrom" in e}
     assert refs == {secret["metadata"]["name"]}
+    # Training settings merge too and keep their fixed name (the Job's template must not change with them).
+    train = one(docs, "ConfigMap", "edgerec-train")
+    assert (
+        train["data"]["EDGEREC_TRAIN_FORCE"] == "1"
+        and train["data"]["EDGEREC_TRAIN_SOURCE"] == "/data/source"
+    )
+    (trainer,) = pod_spec(one(docs, "Job", "edgerec-train"))["containers"]
+    assert trainer["envFrom"] == [{"configMapRef": {"name": "edgerec-train"}}]
