@@ -164,6 +164,56 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def throughput(
+    size: str, n_words: int, n_users: int, n_items: int, batch: int, length: int, steps: int
+) -> dict:
+    """Synthetic training-step and encoding throughput (tokens/s) of one model size, one thread."""
+    import torch
+
+    from training.model import GraphGPT, ModelConfig
+
+    torch.manual_seed(0)
+    m = GraphGPT(ModelConfig.preset(size, n_words=n_words, n_users=n_users, n_items=n_items))
+    m.set_dropout(0.5)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-4, weight_decay=0.0)
+    ids = torch.randint(0, n_words + n_users + n_items, (batch, length))
+    mask = torch.ones_like(ids)
+    bias = torch.rand(batch, length, length)
+    targets = torch.zeros(batch, n_items)
+    targets[:, :4] = 1
+    out = {"size": size, "batch": batch, "length": length, "params": sum(p.numel() for p in m.parameters())}
+    for phase in ("train", "encode"):
+        times = []
+        for step in range(steps + 1):
+            t = time.perf_counter()
+            if phase == "train":
+                m.train()
+                loss = m(ids, mask, bias, targets=targets)["loss"]
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            else:
+                m.eval()
+                with torch.no_grad():
+                    m.user_vector(ids, mask, bias)
+            if step:  # the first call warms up
+                times.append(time.perf_counter() - t)
+        out[f"{phase}_tokens_per_s"] = round(batch * length / float(np.median(times)), 1)
+    return out
+
+
+def _keep_other_variants(result: dict, path: Path) -> None:
+    """Several bench processes may cover different variants of one dataset: keep what the others wrote."""
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    if old.get("dataset", {}).get("fingerprint") != result["dataset"]["fingerprint"]:
+        return
+    merged = {k: v for k, v in old.get("variants", {}).items() if k not in result["variants"]}
+    result["variants"] = {**merged, **result["variants"]}
+    result["seeds"] = sorted(set(old.get("seeds", [])) | set(result["seeds"]))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", help="prepared dataset folder (or a raw RecBole folder)")
@@ -178,9 +228,31 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log-dir", default="/tmp/edgerec-model-bench")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--throughput", action="store_true", help="only the synthetic tokens/s measurement")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
+    if args.throughput:
+        import resource
+
+        import torch
+
+        torch.set_num_threads(args.threads)
+        from training.train import load_dataset
+
+        ds = load_dataset(args.dataset)
+        rows = [throughput("small", 6000, ds.n_users, ds.n_items, 64, 48, 10)]
+        res = {
+            "command": "python benchmarks/model_bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "dataset": ds.name,
+            "threads": args.threads,
+            "rows": rows,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+        path = Path(args.out) / f"model-throughput-{ds.name}.json"
+        path.write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
+        return
     from training.train import load_dataset
 
     ds = load_dataset(args.dataset)
@@ -221,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         stem = out / f"model-{ds.name}"
+        _keep_other_variants(result, stem.with_suffix(".json"))
         result["bench_seconds"] = round(time.time() - t0, 1)
         stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
         write_markdown(result, stem.with_suffix(".md"))
