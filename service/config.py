@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     redis_backoff_max_s: float = Field(
         5.0, gt=0, description="After Redis errors, skip Redis for a back-off window that doubles up to this."
     )
-    cache_ttl_s: int = Field(3600, ge=1, description="TTL of a cached user neighbourhood.")
+    cache_ttl_s: int = Field(
+        3600, ge=1, description="TTL of a user's cache entry (neighbourhood, hop distances, user vector)."
+    )
     history_max: int = Field(200, ge=1, description="Live interactions kept per user (newest win).")
     stream_maxlen: int = Field(
         1_000_000, ge=1000, description="Approximate cap of the interaction stream (XADD MAXLEN ~)."
@@ -76,6 +78,9 @@ class Settings(BaseSettings):
         True,
         description="Keep the user vector in the cache entry, so a repeat request of an unchanged user skips "
         "the encoder (invalidated with the entry when the user's history changes).",
+    )
+    gil_switch_interval_ms: float = Field(
+        0.5, gt=0, description="Python's GIL switch interval (sys.setswitchinterval) for the server process."
     )
     batch_max_size: int = Field(32, ge=1, le=1024, description="Most requests encoded in one micro-batch.")
     batch_max_wait_ms: float = Field(

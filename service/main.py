@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,6 +28,12 @@ from service.serving import ModelHolder
 from service.state import AppState
 
 log = logging.getLogger("edgerec.service")
+
+
+def _redis_state(m: Metrics, ok: bool) -> None:
+    m.redis_up.set(1 if ok else 0)
+    if not ok:
+        m.errors.labels("redis").inc()
 
 
 async def _load_current(state: AppState) -> None:
@@ -66,6 +73,9 @@ async def _poll_store(state: AppState, every_s: float) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     m: Metrics = app.state.metrics
+    # The micro-batch thread drops the GIL around every encoder/FAISS call and must win it back from the event
+    # loop; with the default 5 ms switch interval each hand-back can stall a whole batch by 5 ms.
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
     redis = await asyncio.to_thread(
         open_redis, settings.redis_url, settings.redis_timeout_s, settings.redis_dir
     )
@@ -77,7 +87,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stream_maxlen=settings.stream_maxlen,
         timeout_s=settings.redis_timeout_s,
         backoff_max_s=settings.redis_backoff_max_s,
-        on_state=lambda ok: m.redis_up.set(1 if ok else 0),
+        on_state=lambda ok: _redis_state(m, ok),
     )
     state = AppState(settings, m, redis, cache, ModelHolder(), Recommender(cache, m, settings))
     app.state.edgerec = state

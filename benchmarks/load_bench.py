@@ -1,0 +1,359 @@
+"""Serving load benchmark: the service vs a naive path vs the compute floor, on one model version.
+
+    python benchmarks/load_bench.py --store .edgerec/models [--version V] [--duration 60]
+
+1. compute floor: in this process, encoder + FAISS search on prebuilt prompts (no HTTP, no cache, no prompt
+   building): batch 1, and batches of each concurrency level (the best a server could do at that load).
+2. service: ``uvicorn service.main:create_app`` in a subprocess (one worker, a dedicated redis-server),
+driven by
+   ``wrk`` (C, one thread, closed loop: each connection sends its next request when the last one answered)
+   with ``POST /recommend/{random known user}`` ``{"k": 10}`` for ``--duration`` seconds per concurrency
+   level.
+3. naive path: the same load against a plain FastAPI endpoint that runs the PyTorch model per request, scores
+   every item and sorts them all (no cache, no batching, no ONNX, no FAISS).
+
+wrk is the load generator because it costs a fraction of one core at these rates (an asyncio Python client
+would take a core from the 2 the server has). Install it with ``apt-get install wrk``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WRK_LUA = r"""
+local users = {}
+for line in io.lines("%(users)s") do users[#users + 1] = line end
+local body = '{"k": 10}'
+local headers = {["Content-Type"] = "application/json"}
+math.randomseed(%(seed)d)
+request = function()
+  local u = users[math.random(#users)]
+  return wrk.format("POST", "/recommend/" .. u, headers, body)
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p95_us": %%d, "p99_us": %%d, ' ..
+    '"max_us": %%d, "mean_us": %%f, "err_connect": %%d, "err_read": %%d, "err_write": %%d, ' ..
+    '"err_status": %%d, "err_timeout": %%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), latency.max, latency.mean, e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f}s")
+
+
+def percentiles_ms(lat_s: list[float]) -> dict:
+    a = np.asarray(lat_s) * 1000
+    return {f"p{q}_ms": round(float(np.percentile(a, q)), 3) for q in (50, 95, 99)}
+
+
+# ------------------------------------------------------------------------------------------- compute floor
+def compute_floor(store: Path, version: str, levels: list[int], seconds: float) -> dict:
+    from graphprompt.prompts import PromptBuilder
+    from service.config import Settings
+    from service.serving import load_serving_model
+
+    model = load_serving_model(Settings(model_store=store, model_version=version, use_gpu="no"))
+    cfg = model.builder.cfg
+    rng = np.random.default_rng(0)
+    users = rng.choice(model.graph.n_users, size=min(512, model.graph.n_users), replace=False)
+    prompts, seen = [], []
+    for u in users.tolist():
+        hist = model.graph.user_items(u)
+        nbr = model.graph.neighbourhood(u, n_users=cfg.n_co_users, n_items=cfg.n_two_hop_items)
+        prompts.append(model.builder.predictive(u, hist, nbr))
+        seen.append(hist)
+
+    out = {}
+    for b in [1, *levels]:
+        lat, n, i = [], 0, 0
+        t_end = time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            idx = [(i + j) % len(prompts) for j in range(b)]
+            i += b
+            t = time.perf_counter()
+            vec = model.encoder.encode(*PromptBuilder.collate([prompts[j] for j in idx]))
+            model.ranker.search(vec, 10, exclude=[seen[j] for j in idx])
+            lat.append(time.perf_counter() - t)
+            n += b
+        total = sum(lat)
+        out[f"batch_{b}"] = {"batch": b, "calls": len(lat), "rps": round(n / total, 1), **percentiles_ms(lat)}
+        print(f"  floor batch {b:4d}: {out[f'batch_{b}']}", flush=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- naive path
+def naive_app():
+    """FastAPI app: PyTorch model per request, every item scored and sorted (uvicorn --factory target)."""
+    import torch
+    from fastapi import FastAPI
+
+    from graphprompt.encoder import TorchEncoder
+    from graphprompt.graph import BipartiteGraph
+    from graphprompt.prompts import PromptBuilder, PromptConfig
+    from graphprompt.tokenizer import RecTokenizer
+
+    folder = Path(os.environ["NAIVE_VERSION_DIR"])
+    cfg = PromptConfig.from_dict(json.loads((folder / "prompt_config.json").read_text()))
+    graph = BipartiteGraph.load(folder / "graph")
+    builder = PromptBuilder(RecTokenizer.load(folder, counts=cfg.tokenizer), graph, cfg)
+    encoder = TorchEncoder(folder, device="cpu")
+    item_emb = torch.from_numpy(np.load(folder / "item_embeddings.npy"))
+    user_ids = json.loads((folder / "user_ids.json").read_text())
+    item_ids = json.loads((folder / "item_ids.json").read_text())
+    user_index = {u: i for i, u in enumerate(user_ids)}
+    app = FastAPI()
+
+    @app.post("/recommend/{user_id}")
+    def recommend(user_id: str, body: dict) -> dict:
+        u = user_index[user_id]
+        hist = graph.user_items(u)
+        nbr = graph.neighbourhood(u, n_users=cfg.n_co_users, n_items=cfg.n_two_hop_items)
+        prompt = builder.predictive(u, hist, nbr)
+        with torch.inference_mode():
+            h = torch.from_numpy(encoder.encode(*PromptBuilder.collate([prompt])))[0]
+            scores = item_emb @ h
+            scores[torch.from_numpy(hist)] = -float("inf")
+            order = torch.argsort(scores, descending=True)[: int(body.get("k", 10))]
+        return {"items": [{"id": item_ids[i], "score": float(scores[i])} for i in order.tolist()]}
+
+    @app.get("/readyz")
+    def ready() -> dict:
+        return {"ready": True}
+
+    return app
+
+
+# ------------------------------------------------------------------------------------------- load runs
+def run_wrk(base: str, users_file: Path, concurrency: int, seconds: int, seed: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_LUA % {"users": users_file, "seed": seed})
+        lua = f.name
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", lua, base]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    os.unlink(lua)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("WRKJSON "))
+    r = json.loads(line[len("WRKJSON ") :])
+    errors = r["err_connect"] + r["err_read"] + r["err_write"] + r["err_status"] + r["err_timeout"]
+    return {
+        "concurrency": concurrency,
+        "seconds": round(r["duration_us"] / 1e6, 1),
+        "requests": r["requests"],
+        "rps": round(r["requests"] / (r["duration_us"] / 1e6), 1),
+        "p50_ms": r["p50_us"] / 1000,
+        "p95_ms": r["p95_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "max_ms": r["max_us"] / 1000,
+        "errors": errors,
+        "error_detail": {k: r[k] for k in r if k.startswith("err_")},
+    }
+
+
+def scrape(base: str) -> dict:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    vals: dict[str, float] = {}
+    for ln in text.splitlines():
+        if ln.startswith("#") or " " not in ln:
+            continue
+        name, value = ln.rsplit(" ", 1)
+        vals[name] = float(value)
+    bs_sum, bs_n = vals.get("edgerec_batch_size_sum", 0.0), vals.get("edgerec_batch_size_count", 0.0)
+    stages = {}
+    for st in ("cache", "neighbourhood", "prompt", "encode", "search"):
+        s = vals.get(f'edgerec_stage_seconds_sum{{stage="{st}"}}', 0.0)
+        c = vals.get(f'edgerec_stage_seconds_count{{stage="{st}"}}', 0.0)
+        stages[st] = round(1000 * s / c, 3) if c else None
+    return {
+        "cache_hit_ratio": round(vals.get("edgerec_cache_hit_ratio", 0.0), 3),
+        "mean_batch_size": round(bs_sum / bs_n, 2) if bs_n else None,
+        "mean_stage_ms": stages,
+        "fallbacks": {k: v for k, v in vals.items() if k.startswith("edgerec_fallbacks_total")},
+    }
+
+
+def uvicorn_cmd(target: str, port: int, extra: list[str]) -> list[str]:
+    base = [sys.executable, "-m", "uvicorn", target, "--factory", "--host", "127.0.0.1", "--port", str(port)]
+    return [*base, "--no-access-log", "--log-level", "warning", *extra]
+
+
+def start_process(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop_process(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", type=Path, default=Path(os.environ.get("EDGEREC_HOME", ".edgerec")) / "models")
+    ap.add_argument("--version", default=None, help="version id or alias [default: the promoted one]")
+    ap.add_argument("--duration", type=int, default=60, help="seconds of load per run")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[32, 128])
+    ap.add_argument("--floor-seconds", type=float, default=10.0)
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn workers of the service")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_bench.json")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install wrk")
+
+    from model_store import ModelStore
+
+    store = ModelStore(args.store)
+    version = store.resolve(args.version or "current")
+    vdir = store.path(version)
+    meta = json.loads((vdir / "manifest.json").read_text())
+    users = json.loads((vdir / "user_ids.json").read_text())
+    print(
+        f"model {version} ({len(users)} users); dataset {meta.get('extra', {}).get('dataset', '?')}",
+        flush=True,
+    )
+    work = Path(tempfile.mkdtemp(prefix="edgerec-load-"))
+    users_file = work / "users.txt"
+    random.Random(0).shuffle(users)
+    users_file.write_text("\n".join(users) + "\n")
+    result: dict = {
+        "version": version,
+        "dataset": meta.get("extra", {}).get("dataset"),
+        "n_users": len(users),
+        "cpus": os.cpu_count(),
+        "duration_s": args.duration,
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+    print("compute floor (encoder + search, in-process):", flush=True)
+    result["floor"] = compute_floor(args.store, version, args.concurrency, args.floor_seconds)
+
+    redis_port = free_port()
+    redis_proc = start_process(
+        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+        "yes",
+         "--dir", str(work)],
+        dict(os.environ),
+        work / "redis.log",
+    )  # fmt: skip
+    procs = [redis_proc]
+    try:
+        port = free_port()
+        env = dict(os.environ)
+        env.update(
+            EDGEREC_MODEL_STORE=str(args.store.resolve()),
+            EDGEREC_MODEL_VERSION=version,
+            EDGEREC_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+            EDGEREC_REDIS_PREFIX=f"loadbench{port}",
+            EDGEREC_LOG_LEVEL="WARNING",
+            PYTHONPATH=str(ROOT),
+        )
+        cmd = uvicorn_cmd("service.main:create_app", port, ["--workers", str(args.workers)])
+        svc = start_process(cmd, env, work / "service.log")
+        procs.append(svc)
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(f"{base}/readyz")
+        result["service"] = []
+        for c in args.concurrency:
+            r = run_wrk(base, users_file, c, args.duration, seed=c)
+            r.update(scrape(base))
+            result["service"].append(r)
+            print(f"  service c={c}: {r}", flush=True)
+        stop_process(svc)
+
+        if not args.skip_naive:
+            port = free_port()
+            env.update(NAIVE_VERSION_DIR=str(vdir))
+            cmd = uvicorn_cmd("load_bench:naive_app", port, ["--app-dir", str(ROOT / "benchmarks")])
+            naive = start_process(cmd, env, work / "naive.log")
+            procs.append(naive)
+            base = f"http://127.0.0.1:{port}"
+            wait_ready(f"{base}/readyz")
+            result["naive"] = []
+            for c in args.concurrency:
+                r = run_wrk(base, users_file, c, args.duration, seed=c)
+                result["naive"].append(r)
+                print(f"  naive   c={c}: {r}", flush=True)
+            stop_process(naive)
+    finally:
+        for p in procs:
+            stop_process(p)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print_summary(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+def _row(path: str, clients: str, r: dict, errors: str) -> str:
+    return (
+        f"| {path} | {clients} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} "
+        f"| {errors} |"
+    )
+
+
+def print_summary(r: dict) -> None:
+    print("\n| path | clients | req/s | p50 ms | p95 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for path in ("service", "naive"):
+        for row in r.get(path, []):
+            print(_row(path, str(row["concurrency"]), row, str(row["errors"])))
+    for key, row in r["floor"].items():
+        print(_row(f"floor ({key.replace('_', ' ')})", "-", row, "-"))
+    svc = {row["concurrency"]: row for row in r.get("service", [])}
+    nav = {row["concurrency"]: row for row in r.get("naive", [])}
+    for c, row in svc.items():
+        floor = r["floor"].get(f"batch_{c}")
+        msg = f"c={c}: p99 {row['p99_ms']:.1f} ms, errors {row['errors']}"
+        if c in nav and nav[c]["rps"]:
+            msg += f", {row['rps'] / nav[c]['rps']:.1f}x naive throughput"
+        if floor:
+            msg += f", p50 {row['p50_ms'] / floor['p50_ms']:.2f}x the floor's batch-{c} latency"
+        print(msg)
+
+
+if __name__ == "__main__":
+    main()
