@@ -214,11 +214,15 @@ def plot_run(log_path: Path, out_dir: Path) -> list[Path]:
         return []
     out = []
     fig, ax = plt.subplots(figsize=(7, 4))
-    keys = sorted({(r["stage"], k) for r in recs for k in r.get("loss", {})})
-    for stage, k in keys:
-        xs = [r["step_epoch"] for r in recs if r["stage"] == stage and k in r.get("loss", {})]
-        ys = [r["loss"][k] for r in recs if r["stage"] == stage and k in r.get("loss", {})]
-        ax.plot(xs, ys, marker=".", label=f"{stage}: {k}")
+
+    # one line per (stage, prompt stream, loss term); the total is left out (it is the sum of the terms)
+    def series(r: dict) -> str:
+        return r["stage"] + (f" {r['kind']}" if r.get("kind") else "")
+
+    keys = sorted({(series(r), k) for r in recs for k in r.get("loss", {}) if k != "loss"})
+    for name, k in keys:
+        pts = [(r["step_epoch"], r["loss"][k]) for r in recs if series(r) == name and k in r.get("loss", {})]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"{name}: {k}")
     ax.set_xlabel("epoch (pre-training epochs first, then fine-tuning)")
     ax.set_ylabel("mean training loss")
     ax.set_yscale("log")
