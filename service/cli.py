@@ -42,12 +42,16 @@ def serve(
     from service.config import Settings
 
     settings = Settings()
+    n_workers = workers or settings.workers
+    if n_workers > 1 and not settings.redis_url:
+        # Each worker would start its own embedded server on the same data folder.
+        raise typer.BadParameter("more than one worker needs a shared Redis: set EDGEREC_REDIS_URL")
     uvicorn.run(
         "service.main:create_app",
         factory=True,
         host=host or settings.host,
         port=port or settings.port,
-        workers=workers or settings.workers,
+        workers=n_workers,
         log_config=None,  # the app configures JSON logging itself
         access_log=False,
         proxy_headers=True,
