@@ -3,7 +3,7 @@
     python benchmarks/load_bench.py --store .edgerec/models [--version V] [--duration 60]
 
 1. compute floor: in this process, encoder + FAISS search on prebuilt prompts (no HTTP, no cache, no prompt
-   building): batch 1, and batches of each concurrency level (the best a server could do at that load).
+   building) at batch 1, 8 and each concurrency level (the best a server could do at that load).
 2. service: ``uvicorn service.main:create_app`` in a subprocess (one worker, a dedicated redis-server),
 driven by
    ``wrk`` (C, one thread, closed loop: each connection sends its next request when the last one answered)
@@ -101,7 +101,7 @@ def compute_floor(store: Path, version: str, levels: list[int], seconds: float) 
         seen.append(hist)
 
     out = {}
-    for b in [1, *levels]:
+    for b in sorted(set(levels)):
         lat, n, i = [], 0, 0
         t_end = time.perf_counter() + seconds
         while time.perf_counter() < t_end:
@@ -235,7 +235,8 @@ def main() -> None:
     ap.add_argument("--version", default=None, help="version id or alias [default: the promoted one]")
     ap.add_argument("--duration", type=int, default=60, help="seconds of load per run")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[32, 128])
-    ap.add_argument("--floor-seconds", type=float, default=10.0)
+    ap.add_argument("--floor-seconds", type=float, default=10.0, help="seconds per floor batch size")
+    ap.add_argument("--floor-batches", type=int, nargs="*", default=[1, 8], help="more floor batch sizes")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn workers of the service")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_bench.json")
@@ -268,7 +269,8 @@ def main() -> None:
     }
 
     print("compute floor (encoder + search, in-process):", flush=True)
-    result["floor"] = compute_floor(args.store, version, args.concurrency, args.floor_seconds)
+    levels = [*args.floor_batches, *args.concurrency]
+    result["floor"] = compute_floor(args.store, version, levels, args.floor_seconds)
 
     redis_port = free_port()
     redis_proc = start_process(
