@@ -237,6 +237,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[32, 128])
     ap.add_argument("--floor-seconds", type=float, default=10.0, help="seconds per floor batch size")
     ap.add_argument("--floor-batches", type=int, nargs="*", default=[1, 8], help="more floor batch sizes")
+    ap.add_argument("--warmup", type=int, default=15, help="unmeasured seconds of load first")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn workers of the service")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_bench.json")
@@ -265,6 +266,7 @@ def main() -> None:
         "n_users": len(users),
         "cpus": os.cpu_count(),
         "duration_s": args.duration,
+        "warmup_s": args.warmup,
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -297,6 +299,9 @@ def main() -> None:
         procs.append(svc)
         base = f"http://127.0.0.1:{port}"
         wait_ready(f"{base}/readyz")
+        if args.warmup:
+            # Unmeasured: fills the cache as production traffic would have (each run reports its hit ratio).
+            run_wrk(base, users_file, args.concurrency[0], args.warmup, seed=1)
         result["service"] = []
         for c in args.concurrency:
             r = run_wrk(base, users_file, c, args.duration, seed=c)
