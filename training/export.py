@@ -138,22 +138,20 @@ def load_run_dataset(run: Path, dataset: str | os.PathLike[str] | None = None):
 
 
 # ------------------------------------------------------------------------------------------------ ONNX
-class _UserVector:
-    """Factory for the exported module: (input_ids, attention_mask, graph_bias) -> user_vector [B, D]."""
+def user_vector_module(model):
+    """The exported module: (input_ids, attention_mask, graph_bias) -> user_vector [B, D] (torch imported
+    lazily, so this module stays importable without torch for the offline-evaluation helpers)."""
+    import torch
 
-    @staticmethod
-    def wrap(model):
-        import torch
+    class UserVector(torch.nn.Module):
+        def __init__(self, m) -> None:
+            super().__init__()
+            self.m = m
 
-        class UserVector(torch.nn.Module):
-            def __init__(self, m) -> None:
-                super().__init__()
-                self.m = m
+        def forward(self, input_ids, attention_mask, graph_bias):
+            return self.m.user_vector(input_ids, attention_mask, graph_bias)
 
-            def forward(self, input_ids, attention_mask, graph_bias):
-                return self.m.user_vector(input_ids, attention_mask, graph_bias)
-
-        return UserVector(model).eval()
+    return UserVector(model).eval()
 
 
 @contextlib.contextmanager
@@ -186,7 +184,7 @@ def export_onnx(model, path: Path, sample: tuple[np.ndarray, np.ndarray, np.ndar
     """Write ``model.user_vector`` as ONNX (dynamic batch and length) with one of the two exporters."""
     import torch
 
-    module = _UserVector.wrap(model)
+    module = user_vector_module(model)
     args = tuple(torch.from_numpy(a) for a in sample)
     names = {"input_names": list(INPUT_NAMES), "output_names": [OUTPUT_NAME]}
     with warnings.catch_warnings(), torch.no_grad(), _quiet_logger("torch.onnx"):
@@ -199,7 +197,7 @@ def export_onnx(model, path: Path, sample: tuple[np.ndarray, np.ndarray, np.ndar
                 "attention_mask": {0: batch, 1: length},
                 "graph_bias": {0: batch, 1: length, 2: length},
             }
-            with _math_sdpa(), contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
+            with _math_sdpa(), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                 prog = torch.onnx.export(
                     module, args, dynamo=True, dynamic_shapes=shapes, opset_version=OPSET, **names
                 )
@@ -219,7 +217,8 @@ def export_onnx(model, path: Path, sample: tuple[np.ndarray, np.ndarray, np.ndar
 
 @contextlib.contextmanager
 def _quiet_logger(name: str) -> Iterator[None]:
-    """The dynamo exporter logs a warning per torchvision op it cannot find; none of them is ours."""
+    """Raise a logger to ERROR for a while: the dynamo exporter warns once per torchvision op it cannot find
+    (none is ours) and quantize_dynamic hints at optional pre-processing."""
     log = logging.getLogger(name)
     level = log.level
     log.setLevel(logging.ERROR)
@@ -279,10 +278,12 @@ def max_abs_diff(model, encoder: Encoder, batches: Sequence[tuple[np.ndarray, ..
 
 
 def quantize_int8(src: Path, dst: Path) -> Path:
-    """Dynamic INT8 quantisation of the encoder's MatMul weights (activations stay float)."""
+    """Dynamic INT8 quantisation: the Gemm/MatMul weights (run as MatMulInteger with activations quantised on
+    the fly) and the embedding tables (Gather + DequantizeLinear) become int8; attention stays float."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with contextlib.redirect_stderr(open(os.devnull, "w")):  # noqa: SIM115 (pre-processing hint)
+    # it logs (root logger) a hint to run shape-inference pre-processing, which changes nothing here
+    with _quiet_logger(""):
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
     return dst
 
