@@ -78,3 +78,19 @@ def test_demo_with_a_promoted_model(tmp_path):
     out = proc.stdout
     assert "promoted version" in out and "top 10 for user" in out
     assert "cold_start_context" in out and "demo done" in out
+
+
+def test_serving_an_onnx_version_imports_no_torch(tmp_path):
+    """The service answers from ONNX Runtime + FAISS alone: neither torch nor training/ is imported."""
+    code = (
+        "import sys\n"
+        "from service.config import Settings\n"
+        "from service.serving import load_serving_model\n"
+        "import service.main\n"
+        f"m = load_serving_model(Settings(model_store={str(tiny_store().root)!r}))\n"
+        "heavy = sorted(x for x in ('torch', 'training', 'transformers') if x in sys.modules)\n"
+        "print(type(m.encoder).__name__, heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "OnnxEncoder []"
