@@ -223,13 +223,29 @@ def test_offline_eval_of_version_reproduces_training_metrics(trained) -> None:
     """ONNX encoder + FAISS over the version's own files reproduce the run's test (and valid) metrics."""
     from training.export import evaluate_version
 
-    ds, _, version, metrics = trained
+    ds, run, version, metrics = trained
     for split in ("test", "valid"):
         got = evaluate_version(version, ds, split)
         want = metrics[split]
         assert got["users"] == want["users"]
         for k in ("recall@20", "recall@40", "ndcg@100"):
             assert abs(got[k] - want[k]) <= 1e-3, (split, k, got[k], want[k])
+    # the other masking protocol, against the torch model scored by training's own scoring function
+    import torch
+
+    from training.evaluation import evaluate
+    from training.finetune import PredictiveData, score_users
+    from training.train import load_run
+
+    model, builder = load_run(run)
+    seed = json.loads((run / "train_config.json").read_text())["seed"]
+    pdata = PredictiveData(builder, builder.graph, seed, target_variants=1)
+    ref = evaluate(
+        lambda us: score_users(model, pdata, us, torch.device("cpu")), ds, "test", mask_valid_on_test=True
+    )
+    got = evaluate_version(version, ds, "test", mask_valid_on_test=True)
+    for k in ("recall@20", "recall@40", "ndcg@100"):
+        assert abs(got[k] - ref[k]) <= 1e-3, (k, got[k], ref[k])
     # the service's prompt order (train items as stored) is a different prompt: still a valid evaluation
     stored = evaluate_version(version, ds, "test", history_order="stored")
     assert stored["users"] == metrics["test"]["users"] and 0 < stored["recall@40"] <= 1

@@ -512,6 +512,7 @@ def evaluate_version(
     batch_size: int = 256,
     users: np.ndarray | None = None,
     history_order: str = "training",
+    mask_valid_on_test: bool = False,
 ) -> dict[str, float]:
     """Evaluate a version the way it serves: its prompts, its encoder (ONNX by default) and its FAISS index.
 
@@ -523,7 +524,8 @@ def evaluate_version(
 
     ``history_order="stored"`` builds the prompt the way the service does for a known user without live
     history (train items in the graph's stored order, not the run seed's shuffle): the difference between
-    the two is the train/serve skew due to history order alone.
+    the two is the train/serve skew due to history order alone. ``mask_valid_on_test`` is the harness's
+    option of the same name (``training.evaluation.evaluate``).
     """
     if history_order not in ("training", "stored"):
         raise ValueError(f"history_order must be 'training' or 'stored', got {history_order!r}")
@@ -547,7 +549,7 @@ def evaluate_version(
     enc = encoder or load_encoder(folder)
     emb = np.load(folder / "item_embeddings.npy")
     ranker = Ranker(load_index(folder, use_gpu="auto"), emb)
-    known = known_items(dataset, split)
+    known = known_items(dataset, split, mask_valid_on_test)
     k = min(max(*DEFAULT_KS, *DEFAULT_NDCG_KS), dataset.n_items)
 
     def prompt(u: int):
@@ -573,4 +575,6 @@ def evaluate_version(
         out[rows, ids[rows, cols]] = scores[rows, cols]
         return out
 
-    return evaluate(score, dataset, split, batch_size=batch_size, users=users)
+    return evaluate(
+        score, dataset, split, batch_size=batch_size, users=users, mask_valid_on_test=mask_valid_on_test
+    )
