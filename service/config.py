@@ -67,7 +67,15 @@ class Settings(BaseSettings):
     encoder_int8: bool = Field(
         False, description="Serve encoder.int8.onnx (dynamic INT8 quantisation) when the version has one."
     )
-    encoder_threads: int = Field(0, ge=0, description="Intra-op threads of the encoder (0: library default).")
+    encoder_threads: int = Field(
+        1,
+        ge=0,
+        description="Intra-op threads of the encoder (0: library default). One leaves a core to the event "
+        "loop; more helps only on machines with cores to spare.",
+    )
+    encode_chunk: int = Field(
+        8, ge=1, description="A micro-batch is encoded in length-sorted chunks of at most this many prompts."
+    )
     search_threads: int = Field(
         1,
         ge=0,
