@@ -2,13 +2,13 @@
 
     python benchmarks/load_bench.py --store .edgerec/models [--version V] [--duration 60]
 
-1. compute floor: in this process, encoder + FAISS search on prebuilt prompts (no HTTP, no cache, no prompt
-   building) at batch 1, 8 and each concurrency level (the best a server could do at that load).
-2. service: ``uvicorn service.main:create_app`` in a subprocess (one worker, a dedicated redis-server),
-driven by
-   ``wrk`` (C, one thread, closed loop: each connection sends its next request when the last one answered)
+1. compute floor: in this process, the service's encoder (same threads, same length-sorted chunks) + FAISS
+   search on prebuilt prompts (no HTTP, no cache, no prompt building) at batch 1, 8 and each concurrency
+   level (the best a server could do at that load).
+2. service: ``uvicorn service.main:create_app`` in a subprocess (one worker, a dedicated redis-server), driven
+   by ``wrk`` (C, one thread, closed loop: each connection sends its next request when the last one answered)
    with ``POST /recommend/{random known user}`` ``{"k": 10}`` for ``--duration`` seconds per concurrency
-   level.
+   level, after an unmeasured warm-up.
 3. naive path: the same load against a plain FastAPI endpoint that runs the PyTorch model per request, scores
    every item and sorts them all (no cache, no batching, no ONNX, no FAISS).
 
@@ -89,8 +89,9 @@ def compute_floor(store: Path, version: str, levels: list[int], seconds: float) 
     from service.config import Settings
     from service.serving import load_serving_model
 
-    model = load_serving_model(Settings(model_store=store, model_version=version, use_gpu="no"))
-    cfg = model.builder.cfg
+    settings = Settings(model_store=store, model_version=version, use_gpu="no")
+    model = load_serving_model(settings)
+    cfg, chunk = model.builder.cfg, settings.encode_chunk
     rng = np.random.default_rng(0)
     users = rng.choice(model.graph.n_users, size=min(512, model.graph.n_users), replace=False)
     prompts, seen = [], []
@@ -108,8 +109,15 @@ def compute_floor(store: Path, version: str, levels: list[int], seconds: float) 
             idx = [(i + j) % len(prompts) for j in range(b)]
             i += b
             t = time.perf_counter()
-            vec = model.encoder.encode(*PromptBuilder.collate([prompts[j] for j in idx]))
-            model.ranker.search(vec, 10, exclude=[seen[j] for j in idx])
+            # the service's own encoding: length-sorted chunks of EDGEREC_ENCODE_CHUNK prompts
+            order = sorted(idx, key=lambda j: len(prompts[j]))
+            vec = np.concatenate(
+                [
+                    model.encoder.encode(*PromptBuilder.collate([prompts[j] for j in order[s : s + chunk]]))
+                    for s in range(0, b, chunk)
+                ]
+            )
+            model.ranker.search(vec, 10, exclude=[seen[j] for j in order])
             lat.append(time.perf_counter() - t)
             n += b
         total = sum(lat)
