@@ -309,7 +309,7 @@ class BipartiteGraph:
         extra_edges: EdgesArg = None,
         removed_edges: EdgesArg = None,
         *,
-        chunk_bytes: int = 256 * 2**20,
+        chunk_bytes: int = 16 * 2**20,
     ) -> list[np.ndarray]:
         """:meth:`hop_distances` for many small node sets at once (training builds many prompts per batch).
 
@@ -613,26 +613,28 @@ class BipartiteGraph:
         for s in sets:
             q, inv = np.unique(s, return_inverse=True)
             is_user = q < self.n_users
-            pu = np.searchsorted(users, q[is_user])
-            pi = np.searchsorted(items, q[~is_user] - self.n_users)
             iu_, ii_ = np.flatnonzero(is_user), np.flatnonzero(~is_user)
+            i_ids = q[ii_] - self.n_users
+            pu, pi = np.searchsorted(users, q[iu_]), np.searchsorted(items, i_ids)
+            u_b = {r: b[pu] for r, b in ub.items()} if iu_.size else {}
+            i_b = {r: b[pi] for r, b in ib.items()} if ii_.size else {}
             d = np.full((q.size, q.size), far, dtype=np.int8)
-            for rows, cols, dists, splits in (
-                (iu_, iu_, range(2, h_even + 1, 2), lambda t: (min(r_user, t - 1), t - min(r_user, t - 1))),
-                (ii_, ii_, range(2, h_even + 1, 2), lambda t: (min(r_item, t), t - min(r_item, t))),
-                (iu_, ii_, range(1, h_odd + 1, 2), lambda t: (max(1, t - r_item), t - max(1, t - r_item))),
+            # (rows, cols, their balls, row ball radius, largest t answered by bit lookup, distances to test)
+            for rows, cols, rb, cb, r_rows, r_look, dists in (
+                (iu_, iu_, u_b, u_b, r_user, 0, range(2, h_even + 1, 2)),
+                (ii_, ii_, i_b, i_b, r_item, r_item, range(2, h_even + 1, 2)),
+                (iu_, ii_, u_b, i_b, r_user, r_user, range(1, h_odd + 1, 2)),
             ):
                 if rows.size == 0 or cols.size == 0:
                     continue
                 block = np.full((rows.size, cols.size), far, dtype=np.int8)
-                row_balls = ub if is_user[rows[0]] else ib
-                col_balls = ub if is_user[cols[0]] else ib
-                prow = pu if is_user[rows[0]] else pi
-                pcol = pu if is_user[cols[0]] else pi
                 for t in dists:
-                    a, b = splits(t)
-                    hit = _intersects(row_balls[a][prow], col_balls[b][pcol]) & (block == far)
-                    block[hit] = t
+                    if t <= r_look:  # columns are items: is item y itself in ball_t(x)? (split t + 0)
+                        hit = _has_bits(rb[t], i_ids)
+                    else:  # split t = a + b over available radii (user-user: both odd, so a <= t - 1)
+                        a = min(r_rows, t - 1 if cols is rows and rb is u_b else t)
+                        hit = _intersects(rb[a], cb[t - a])
+                    block[hit & (block == far)] = t
                 d[np.ix_(rows, cols)] = block
                 d[np.ix_(cols, rows)] = block.T
             np.fill_diagonal(d, 0)
@@ -698,6 +700,12 @@ def _bits_to_ids(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     bits = np.unpackbits(rows.view(np.uint8), axis=1, bitorder="little")
     r, c = np.nonzero(bits)
     return r.astype(np.int64), c.astype(np.int64)
+
+
+def _has_bits(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(len(rows), len(ids)) bool: whether bit ``ids[j]`` is set in bitset row ``rows[i]``."""
+    words = rows[:, ids // 64]
+    return ((words >> (ids % 64).astype(np.uint64)) & np.uint64(1)).astype(bool)
 
 
 def _intersects(a: np.ndarray, b: np.ndarray) -> np.ndarray:
