@@ -49,15 +49,19 @@ def start_embedded(data_dir: Path) -> tuple[Any, str]:
     return server, f"unix://{server.socket_file}"
 
 
-def make_client(url: str, timeout_s: float) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+def make_client(url: str, timeout_s: float, max_connections: int = 64) -> aioredis.Redis:
+    """An asyncio client over a blocking pool: under a burst, requests wait (up to the timeout) for one of
+    ``max_connections`` connections instead of opening hundreds (each a connect + handshake)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(ExponentialBackoff(cap=timeout_s, base=0.01), retries=1),
         health_check_interval=30,
-        max_connections=256,
     )
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it with itself
 
 
 def open_redis(url: str | None, timeout_s: float, data_dir: Path) -> RedisHandle:
