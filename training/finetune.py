@@ -67,6 +67,11 @@ class PredictiveData:
         if len(items) > 1:
             n_t = min(n_t, len(items) - 1)  # keep at least one visible item
         targets, visible = items[:n_t], items[n_t:]
+        # The prompt keeps at most max_history items; fix that subset per variant so the cached distances
+        # below cover every node of every shuffled prompt built from it.
+        cap = self.b.cfg.max_history
+        if cap > 0 and len(visible) > cap:
+            visible = visible[:cap]
         nbr = self._nbr(u, visible)
         dist = None
         if self.b.cfg.bias.enabled:
