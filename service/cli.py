@@ -19,7 +19,7 @@ DEMO_TRAIN = {
     "word_vocab": 2000,
     "pretrain_rounds": 1,
     "content_warmup": 0,
-    "epochs": 6,
+    "epochs": 4,
     "patience": 2,
     "max_eval_users": 300,
 }
@@ -198,7 +198,7 @@ def _some_user(store, version: str) -> str:
 
 
 def _print_recs(console, table_cls, title: str, rec: dict) -> None:
-    table = table_cls(title=f"{title} (model {rec['model_version']}, fallback: {rec['fallback']})")
+    table = table_cls(title=title, caption=f"model {rec['model_version']}, fallback: {rec['fallback']}")
     table.add_column("#", justify="right")
     table.add_column("item")
     table.add_column("score", justify="right")
