@@ -19,6 +19,8 @@ Variants (TrainConfig overrides on top of the defaults and ``--set``):
   no_neighbourhood  no co-users / two-hop items in predictive prompts, no neighbour or group prompts
   no_pretrain       fine-tuning only (SVD-initialised id tables)
   no_user_token     prompts without user_<u> tokens (the anonymous form everywhere)
+  weak_reg          mutual regulariser weight 0.01 instead of 1 (it pulls the SVD-initialised collaborative
+                    tables toward content tables that drift far during word-LM epochs)
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ VARIANTS: dict[str, dict] = {
     },
     "no_pretrain": {"pretrain_rounds": 0, "content_warmup": 0},
     "no_user_token": {"prompt": {"use_user_token": False}},
+    "weak_reg": {"reg_lambda": 0.01},
 }
 
 
