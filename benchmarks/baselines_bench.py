@@ -7,9 +7,12 @@
   C  refit on train + valid, test with train + valid masked.
 ``seeds``: the spread of test metrics over split seeds at fixed hyper-parameters (how far a reference number
 from another shuffle of the same protocol can be expected to lie).
+``checks``: Pop under three random tie orders (is the tie rule behind a Pop difference?) and EASE's test
+R@20 averaged per user (the protocol) vs pooled over users (sum of hits / sum of min(20, |test|)).
 
     OMP_NUM_THREADS=1 python -m benchmarks.baselines_bench protocol amazon-office
     OMP_NUM_THREADS=1 python -m benchmarks.baselines_bench seeds amazon-office --seeds 98765,1,2,3,4,5
+    OMP_NUM_THREADS=1 python -m benchmarks.baselines_bench checks amazon-beauty
 """
 
 from __future__ import annotations
@@ -64,9 +67,41 @@ def seeds(name: str, seed_list: list[int]) -> None:
         print(f"| {seed} | " + " | ".join(cells) + " |", flush=True)
 
 
+def checks(name: str) -> None:
+    from training.evaluation import known_items
+    from training.metrics import hit_matrix, mask_items, topk_items
+
+    ds = prepare(read_source(DATASETS / name), name)
+    counts = get("pop")().fit(ds.train).counts
+    print(f"## {name}: Pop test R@20 / R@40 / N@100 by tie order")
+    print(f"| index order (harness) | {_fmt(evaluate(get('pop')().fit(ds.train).score, ds, 'test'))} |")
+    for seed in (0, 1, 2):
+        jitter = (
+            np.random.default_rng(seed).random(len(counts)).astype(np.float32) * 0.5
+        )  # < 1: only ties move
+        scores = counts + jitter
+        m = evaluate(lambda u, s=scores: np.tile(s, (len(u), 1)), ds, "test")
+        print(f"| random order {seed} | {_fmt(m)} |")
+    model = get("ease")(lam=200.0).fit(ds.train)
+    known = known_items(ds, "test")
+    hits, denom = 0.0, 0.0
+    per_user = []
+    for start in range(0, ds.n_users, 2048):
+        users = np.arange(start, min(start + 2048, ds.n_users))
+        held = ds.test[users]
+        n = np.diff(held.indptr)
+        scores = mask_items(model.score(users), known[users])
+        h = hit_matrix(topk_items(scores, 20), held).sum(axis=1)
+        ok = n > 0
+        per_user.append(h[ok] / np.minimum(20, n[ok]))
+        hits, denom = hits + h[ok].sum(), denom + np.minimum(20, n[ok]).sum()
+    mean = np.concatenate(per_user).mean()
+    print(f"EASE lam=200 test R@20: per-user mean {mean:.4f}, pooled {hits / denom:.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["protocol", "seeds"])
+    ap.add_argument("what", choices=["protocol", "seeds", "checks"])
     ap.add_argument("dataset")
     ap.add_argument("--seeds", default="98765,1,2,3,4,5")
     args = ap.parse_args()
@@ -75,6 +110,8 @@ def main() -> None:
     with threadpool_limits(limits=1):
         if args.what == "protocol":
             protocol(args.dataset)
+        elif args.what == "checks":
+            checks(args.dataset)
         else:
             seeds(args.dataset, [int(s) for s in args.seeds.split(",")])
 
