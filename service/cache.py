@@ -129,8 +129,9 @@ class Cache:
         self.ttl_s = ttl_s
         self.history_max = history_max
         self.stream_maxlen = stream_maxlen
-        # Whole-call guard on top of the socket timeouts (a pipeline is several socket reads).
-        self.call_timeout_s = timeout_s * 2 + 0.05
+        # Whole-call guard on top of the socket timeouts (a pipeline is several socket reads). Generous, as it
+        # also counts the event loop's own lag under overload, which is not a Redis failure.
+        self.call_timeout_s = timeout_s * 4
         self.breaker = Breaker(base_s=min(0.2, backoff_max_s), cap_s=backoff_max_s)
         self._on_state = on_state
 
@@ -177,6 +178,11 @@ class Cache:
     async def history(self, user_id: str) -> list[str]:
         hist = await self._call(lambda: self.client.lrange(self.keys.history(user_id), -self.history_max, -1))
         return [h.decode() for h in hist]
+
+    async def try_lock(self, name: str, ttl_s: int) -> bool:
+        """SET NX with a TTL under ``{prefix}:lock:{name}``: True for the one caller that got it."""
+        key = f"{self.keys.prefix}:lock:{name}"
+        return bool(await self._call(lambda: self.client.set(key, b"1", nx=True, ex=ttl_s)))
 
     async def ping(self) -> bool:
         try:

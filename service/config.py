@@ -36,7 +36,7 @@ class Settings(BaseSettings):
         description="Prefix of every Redis key this service writes.",
     )
     redis_timeout_s: float = Field(
-        0.25,
+        0.5,
         gt=0,
         description="Connect and read timeout of each Redis call; keep short, a failure falls back.",
     )
@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     gil_switch_interval_ms: float = Field(
         0.5, gt=0, description="Python's GIL switch interval (sys.setswitchinterval) for the server process."
     )
+    warm_cache: bool = Field(
+        False,
+        description="After loading a version, fill every known user's cache entry in the background (one "
+        "replica per version; ~5-10 ms of CPU per user).",
+    )
+    warm_concurrency: int = Field(32, ge=1, le=1024, description="Users warmed concurrently.")
     batch_max_size: int = Field(32, ge=1, le=1024, description="Most requests encoded in one micro-batch.")
     batch_max_wait_ms: float = Field(
         1.0, ge=0, description="Longest wait for more requests after the first one of a micro-batch."

@@ -26,6 +26,7 @@ from service.recommender import Recommender
 from service.redis_conn import open_redis
 from service.serving import ModelHolder
 from service.state import AppState
+from service.warmer import start_warming
 
 log = logging.getLogger("edgerec.service")
 
@@ -49,6 +50,7 @@ async def _load_current(state: AppState) -> None:
         state.metrics.reloads.labels("ok").inc()
         state.metrics.set_model(new)
         log.info("serving model", extra={"version": new, "previous": old})
+        start_warming(state)
 
 
 async def _poll_store(state: AppState, every_s: float) -> None:
@@ -103,6 +105,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+        if state.warm_task is not None:
+            state.warm_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await state.warm_task
         if state.holder.current is not None:
             state.holder.current.retire()
         await redis.close()

@@ -79,6 +79,11 @@ class Metrics:
         self.model_info = Gauge(
             "edgerec_model_info", "1 for the model version being served.", ["version"], registry=r
         )
+        self.warm_progress = Gauge(
+            "edgerec_cache_warm_progress",
+            "Share of known users whose entry the warmer has filled.",
+            registry=r,
+        )
         self.redis_up = Gauge("edgerec_redis_up", "1 while the last Redis call succeeded.", registry=r)
         hit_ratio = Gauge(
             "edgerec_cache_hit_ratio", "Neighbourhood cache hits / lookups since start.", registry=r

@@ -186,7 +186,9 @@ class Recommender:
         exclude_seen: bool = True,
         exclude_items: Sequence[str] = (),
         recent_items: Sequence[str] = (),
+        record: bool = True,
     ) -> Recommendation:
+        """``record=False`` (the cache warmer) leaves the request counters alone."""
         recent = self.item_indices(model, recent_items, "recent_items")
         # Excluding an id this model does not know cannot change the answer, so it is not an error.
         extra_excl = self._known_indices(model, exclude_items)
@@ -197,11 +199,13 @@ class Recommender:
         t0 = time.perf_counter()
         try:
             lookup = await self.cache.lookup(model.version, user_id)
-            self.metrics.cache_lookups.labels("hit" if lookup.neighbourhood is not None else "miss").inc()
+            result = "hit" if lookup.neighbourhood is not None else "miss"
         except RedisUnavailable:
-            self.metrics.cache_lookups.labels("error").inc()
+            result = "error"
             reasons.append(CACHE_UNAVAILABLE)
-        self.metrics.stage_seconds.labels("cache").observe(time.perf_counter() - t0)
+        if record:
+            self.metrics.cache_lookups.labels(result).inc()
+            self.metrics.stage_seconds.labels("cache").observe(time.perf_counter() - t0)
 
         # Live history holds raw ids; ids a newer/older catalogue lacks are skipped, not errors.
         live = self._known_indices(model, lookup.history) if lookup is not None else _EMPTY
@@ -221,9 +225,10 @@ class Recommender:
                 model, user_id, u, lookup, (train, live, stored, recent, history), k, exclude
             )
 
-        for r in reasons:
-            self.metrics.fallbacks.labels(r).inc()
-        self.metrics.recommendations.inc()
+        if record:
+            for r in reasons:
+                self.metrics.fallbacks.labels(r).inc()
+            self.metrics.recommendations.inc()
         return Recommendation(user_id, model.version, ids, scores, reasons, known_user=u is not None)
 
     def _spawn(self, coro) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from service.cache import Cache
@@ -20,3 +21,4 @@ class AppState:
     cache: Cache
     holder: ModelHolder
     recommender: Recommender
+    warm_task: asyncio.Task | None = None  # background cache warming (service.warmer)

@@ -145,6 +145,29 @@ def test_repeat_request_reuses_the_cached_entry(http, store):
     assert session.status_code == 200 and metric(http, "edgerec_encoder_skipped_total") == skipped + 1
 
 
+def test_cache_warming_fills_every_known_user(store, tmp_path):
+    url, prefix = redis_url_or_skip(), unique_prefix()
+    settings = make_settings(store, tmp_path / "home", redis_url=url, redis_prefix=prefix, warm_cache=True)
+    try:
+        with (
+            ServerThread(create_app(settings)) as srv,
+            httpx.Client(base_url=srv.url, headers={"X-API-Key": KEY}, timeout=30) as c,
+        ):
+            deadline = time.monotonic() + 120
+            while metric(c, "edgerec_cache_warm_progress") < 1.0:
+                assert time.monotonic() < deadline, "warming did not finish"
+                time.sleep(0.2)
+            assert metric(c, "edgerec_recommendations_total") == 0  # warming is not counted as traffic
+            user = store.user_ids[-1]
+            r = c.post(f"/recommend/{user}", json={"k": 5})
+            assert r.status_code == 200 and r.json()["fallback"] is None
+            assert metric(c, "edgerec_encoder_skipped_total") == 1  # a first request, already cached
+        keys = list(redis.Redis.from_url(url).scan_iter(match=f"{prefix}:*:nbr:*", count=1000))
+        assert len(keys) == len(store.user_ids)
+    finally:
+        delete_prefix(url, prefix)
+
+
 # ---------------------------------------------------------------------------------- interactions
 def test_interactions_are_stored_and_change_the_next_answer(http, store, served):
     _, url, prefix = served

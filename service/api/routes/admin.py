@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, status
 from model_store import ModelStoreError, NoPreviousVersion, VersionNotFound
 from service.api.deps import AdminKey, StateDep
 from service.schemas import ErrorResponse, ReloadRequest, ReloadResponse
+from service.warmer import start_warming
 
 router = APIRouter(tags=["admin"], dependencies=[AdminKey])
 log = logging.getLogger("edgerec.admin")
@@ -43,4 +44,6 @@ async def reload_model(state: StateDep, body: ReloadRequest | None = None) -> Re
         ) from None
     state.metrics.reloads.labels("ok" if old != new else "unchanged").inc()
     state.metrics.set_model(new)
+    if old != new:
+        start_warming(state)
     return ReloadResponse(previous_version=old, version=new, changed=old != new)
