@@ -193,7 +193,7 @@ def run_wrk(base: str, users_file: Path, concurrency: int, seconds: int, seed: i
     }
 
 
-def scrape(base: str) -> dict:
+def scrape(base: str) -> dict[str, float]:
     with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
         text = r.read().decode()
     vals: dict[str, float] = {}
@@ -202,17 +202,33 @@ def scrape(base: str) -> dict:
             continue
         name, value = ln.rsplit(" ", 1)
         vals[name] = float(value)
-    bs_sum, bs_n = vals.get("edgerec_batch_size_sum", 0.0), vals.get("edgerec_batch_size_count", 0.0)
+    return vals
+
+
+def delta_stats(before: dict[str, float], after: dict[str, float]) -> dict:
+    """What the service's own metrics say about one run (differences of counters across it)."""
+
+    def d(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    look = {res: d(f'edgerec_cache_lookups_total{{result="{res}"}}') for res in ("hit", "miss", "error")}
+    n_look = sum(look.values())
     stages = {}
     for st in ("cache", "neighbourhood", "prompt", "encode", "search"):
-        s = vals.get(f'edgerec_stage_seconds_sum{{stage="{st}"}}', 0.0)
-        c = vals.get(f'edgerec_stage_seconds_count{{stage="{st}"}}', 0.0)
-        stages[st] = round(1000 * s / c, 3) if c else None
+        c = d(f'edgerec_stage_seconds_count{{stage="{st}"}}')
+        stages[st] = round(1000 * d(f'edgerec_stage_seconds_sum{{stage="{st}"}}') / c, 3) if c else None
+    n_rec = d("edgerec_recommendations_total")
+    fallbacks = {
+        k.split('"')[1]: v - before.get(k, 0.0)
+        for k, v in after.items()
+        if k.startswith("edgerec_fallbacks_total")
+    }
     return {
-        "cache_hit_ratio": round(vals.get("edgerec_cache_hit_ratio", 0.0), 3),
-        "mean_batch_size": round(bs_sum / bs_n, 2) if bs_n else None,
+        "cache_hit_ratio": round(look["hit"] / n_look, 3) if n_look else None,
+        "encoder_skipped_ratio": round(d("edgerec_encoder_skipped_total") / n_rec, 3) if n_rec else None,
+        "mean_batch_size": round(d("edgerec_batch_size_sum") / max(d("edgerec_batch_size_count"), 1), 2),
         "mean_stage_ms": stages,
-        "fallbacks": {k: v for k, v in vals.items() if k.startswith("edgerec_fallbacks_total")},
+        "fallbacks": {k: v for k, v in fallbacks.items() if v},
     }
 
 
@@ -247,6 +263,7 @@ def main() -> None:
     ap.add_argument("--floor-batches", type=int, nargs="*", default=[1, 8], help="more floor batch sizes")
     ap.add_argument("--warmup", type=int, default=15, help="unmeasured seconds of load first")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--warm-variant", action="store_true", help="also run with EDGEREC_WARM_CACHE=true")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn workers of the service")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_bench.json")
     args = ap.parse_args()
@@ -292,31 +309,45 @@ def main() -> None:
     )  # fmt: skip
     procs = [redis_proc]
     try:
-        port = free_port()
         env = dict(os.environ)
         env.update(
             EDGEREC_MODEL_STORE=str(args.store.resolve()),
             EDGEREC_MODEL_VERSION=version,
             EDGEREC_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
-            EDGEREC_REDIS_PREFIX=f"loadbench{port}",
             EDGEREC_LOG_LEVEL="WARNING",
+            EDGEREC_MODEL_POLL_S="0",
             PYTHONPATH=str(ROOT),
         )
-        cmd = uvicorn_cmd("service.main:create_app", port, ["--workers", str(args.workers)])
-        svc = start_process(cmd, env, work / "service.log")
-        procs.append(svc)
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(f"{base}/readyz")
-        if args.warmup:
-            # Unmeasured: fills the cache as production traffic would have (each run reports its hit ratio).
-            run_wrk(base, users_file, args.concurrency[0], args.warmup, seed=1)
-        result["service"] = []
-        for c in args.concurrency:
-            r = run_wrk(base, users_file, c, args.duration, seed=c)
-            r.update(scrape(base))
-            result["service"].append(r)
-            print(f"  service c={c}: {r}", flush=True)
-        stop_process(svc)
+        variants = [("service", {}, args.warmup)]
+        if args.warm_variant:
+            variants.append(("service_warmed", {"EDGEREC_WARM_CACHE": "true"}, 0))
+        for label, extra_env, warmup in variants:
+            port = free_port()
+            env.update(extra_env, EDGEREC_REDIS_PREFIX=f"loadbench{port}")  # a fresh, empty cache
+            cmd = uvicorn_cmd("service.main:create_app", port, ["--workers", str(args.workers)])
+            svc = start_process(cmd, env, work / f"{label}.log")
+            procs.append(svc)
+            base = f"http://127.0.0.1:{port}"
+            wait_ready(f"{base}/readyz")
+            if extra_env:
+                t = time.monotonic()
+                while scrape(base).get("edgerec_cache_warm_progress", 0.0) < 1.0:
+                    time.sleep(1)
+                result["warm_seconds"] = round(time.monotonic() - t, 1)
+                print(f"  cache warmed in {result['warm_seconds']} s", flush=True)
+            if warmup:
+                # Unmeasured: fills the cache as earlier traffic would have (each run reports its hit ratio).
+                run_wrk(base, users_file, args.concurrency[0], warmup, seed=1)
+            result[label] = []
+            for c in args.concurrency:
+                before = scrape(base)
+                r = run_wrk(base, users_file, c, args.duration, seed=c)
+                r.update(delta_stats(before, scrape(base)))
+                result[label].append(r)
+                print(f"  {label} c={c}: {r}", flush=True)
+            stop_process(svc)
+            for k in extra_env:
+                env.pop(k)
 
         if not args.skip_naive:
             port = free_port()
@@ -353,21 +384,23 @@ def _row(path: str, clients: str, r: dict, errors: str) -> str:
 def print_summary(r: dict) -> None:
     print("\n| path | clients | req/s | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|")
-    for path in ("service", "naive"):
+    for path in ("service", "service_warmed", "naive"):
         for row in r.get(path, []):
             print(_row(path, str(row["concurrency"]), row, str(row["errors"])))
     for key, row in r["floor"].items():
         print(_row(f"floor ({key.replace('_', ' ')})", "-", row, "-"))
-    svc = {row["concurrency"]: row for row in r.get("service", [])}
     nav = {row["concurrency"]: row for row in r.get("naive", [])}
-    for c, row in svc.items():
-        floor = r["floor"].get(f"batch_{c}")
-        msg = f"c={c}: p99 {row['p99_ms']:.1f} ms, errors {row['errors']}"
-        if c in nav and nav[c]["rps"]:
-            msg += f", {row['rps'] / nav[c]['rps']:.1f}x naive throughput"
-        if floor:
-            msg += f", p50 {row['p50_ms'] / floor['p50_ms']:.2f}x the floor's batch-{c} latency"
-        print(msg)
+    for label in ("service", "service_warmed"):
+        for row in r.get(label, []):
+            c = row["concurrency"]
+            floor = r["floor"].get(f"batch_{c}")
+            msg = f"{label} c={c}: p99 {row['p99_ms']:.1f} ms, errors {row['errors']}"
+            msg += f", cache hits {row['cache_hit_ratio']}, encoder skipped {row['encoder_skipped_ratio']}"
+            if c in nav and nav[c]["rps"]:
+                msg += f", {row['rps'] / nav[c]['rps']:.1f}x naive throughput"
+            if floor:
+                msg += f", p50 {row['p50_ms'] / floor['p50_ms']:.2f}x the floor's batch-{c} latency"
+            print(msg)
 
 
 if __name__ == "__main__":
