@@ -1,4 +1,7 @@
-"""The one `edgerec` command. Each area registers its own subcommands; heavy imports stay inside the commands."""
+"""The one `edgerec` command.
+
+Each area registers its own subcommands; heavy imports stay inside the commands.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import typer
 
 app = typer.Typer(
     name="edgerec",
-    help="Graph-attentive GPT-2 recommendations: prepare data, train, evaluate, export, store and serve models.",
+    help="Graph-attentive GPT-2 recommendations: prepare data, train, evaluate, export, store, serve.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
