@@ -114,7 +114,11 @@ def test_resume_matches_uninterrupted(office_slice: Path, tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="different configuration"):
         train(_cfg(office_slice, tmp_path / "b", **{**kw, "lr": 1e-2}), resume=True, quiet=True)
     resumed = train(_cfg(office_slice, tmp_path / "b", **kw), resume=True, quiet=True)
-    assert resumed == {**full, "fingerprint": full["fingerprint"]}
+    # Wall-clock figures (time, tokens/s, peak memory) differ between runs; everything else must not.
+    timing = {"train_seconds", "finetune_tokens_per_s", "peak_rss_mb"}
+    assert {k: v for k, v in resumed.items() if k not in timing} == {
+        k: v for k, v in full.items() if k not in timing
+    }
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
