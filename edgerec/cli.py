@@ -27,13 +27,7 @@ COMMAND_MODULES = [
 ]
 
 for _name in COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(_name)
-    except ModuleNotFoundError as exc:  # an area not built yet must not break the others
-        if exc.name != _name:
-            raise
-        continue
-    _mod.register(app)
+    importlib.import_module(_name).register(app)
 
 
 if __name__ == "__main__":
