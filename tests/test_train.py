@@ -164,3 +164,20 @@ def test_ddp_two_processes_agree_with_one(office_slice: Path, tmp_path: Path) ->
     l2 = [r["loss"]["rec"] for r in _records(tmp_path / "two") if r.get("stage") == "finetune"]
     # the logged loss is all-reduced over ranks: the same global mean up to summation order
     assert l2 == pytest.approx(l1, rel=1e-3)
+
+
+def test_evaluate_run_reproduces_training_metrics(office_slice: Path, tmp_path: Path) -> None:
+    """`edgerec evaluate --run` rescores a finished run; it must give the run's own metrics.json figures."""
+    from training.dataset import PreparedDataset
+    from training.run_eval import evaluate_run
+    from training.train import train
+
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    metrics = train(_cfg(office_slice, run, pretrain_rounds=0, content_warmup=0, epochs=1), quiet=True)
+    row = evaluate_run(run, PreparedDataset.load(office_slice))
+    for split in ("valid", "test"):
+        for name, value in metrics[split].items():
+            assert row[split][name] == pytest.approx(value, abs=1e-6), (split, name)
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        evaluate_run(tmp_path, PreparedDataset.load(office_slice))
