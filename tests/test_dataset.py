@@ -96,7 +96,8 @@ def test_split_sizes_disjoint_and_complete(split: str) -> None:
     )
     assert _all_edges(ds) == set(zip(raw.users, raw.items, strict=True))
     n = (tr + va + te).sum(axis=1)
-    k = np.maximum(1, n // 10)
+    # random: the paper's max(1, floor(0.1 n)); temporal: leave-last-out (one each)
+    k = np.maximum(1, n // 10) if split == "random" else np.ones_like(n)
     np.testing.assert_array_equal(te.sum(axis=1), k)
     np.testing.assert_array_equal(va.sum(axis=1), np.minimum(k, n - k))  # a one-event user has no validation
 
@@ -117,10 +118,9 @@ def test_temporal_split_takes_the_last_events() -> None:
         by_user.setdefault(u, []).append((t, i))
     test, valid = _edges(ds, "test"), _edges(ds, "valid")
     for u, events in by_user.items():
-        order = [i for _, i in sorted(events)]
-        k = max(1, len(order) // 10)
-        assert {i for uu, i in test if uu == u} == set(order[-k:])
-        assert {i for uu, i in valid if uu == u} == set(order[-2 * k : -k] if len(order) > k else [])
+        order = [i for _, i in sorted(events)]  # leave-last-out: one test and one validation event per user
+        assert {i for uu, i in test if uu == u} == {order[-1]}
+        assert {i for uu, i in valid if uu == u} == ({order[-2]} if len(order) > 1 else set())
 
 
 def test_temporal_without_timestamps_uses_file_order() -> None:

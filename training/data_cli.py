@@ -86,7 +86,9 @@ def prepare_cmd(
     ),
     all_ratings: bool = typer.Option(False, "--all-ratings", help="Keep every rating (no threshold)."),
     k_core: int = typer.Option(5, "--k-core", min=1, help="Iterative k-core on users and items."),
-    split: Split = typer.Option(Split.random, "--split", help="random: the paper's; temporal: last events."),
+    split: Split = typer.Option(
+        Split.random, "--split", help="random (80/10/10) or temporal (leave-last-out)."
+    ),
     seed: int = typer.Option(98765, "--seed", help="Seed of the random split."),
 ) -> None:
     """Read SOURCE, keep ratings above the threshold, k-core filter, split, and save a prepared dataset."""

@@ -280,7 +280,11 @@ def prepare(
     split_info = {
         "kind": split,
         "seed": seed if split == "random" else None,
-        "holdout": "max(1, floor(0.1 n)) per user for valid and for test",
+        "holdout": (
+            "max(1, floor(0.1 n)) per user for valid and for test"
+            if split == "random"
+            else "leave-last-out: each user's last event is test, the one before it valid"
+        ),
         "k_core": k_core,
         "rating_threshold": rating_threshold if raw.ratings is not None else None,
     }
@@ -344,24 +348,22 @@ def _split_random(users: np.ndarray, n_users: int, seed: int) -> list[np.ndarray
 
 
 def _split_temporal(users: np.ndarray, n_users: int, ts: np.ndarray | None) -> list[np.ndarray]:
-    """Per user, the last k = max(1, floor(0.1 n)) events are test and the k before them validation.
+    """Temporal leave-last-out: per user, the last event is test and the one before it validation.
 
-    Same sizes as the random protocol, so the two are comparable; for users with fewer than 20 events this is
-    leave-last-out. Events are ordered by timestamp, ties (and sources without timestamps) by file order.
+    Events are ordered by timestamp, ties (and sources without timestamps) by file order. A user with a single
+    event keeps it in test (nothing is left to train on, as with the random protocol's minimum of one).
     """
     n = len(users)
     key = np.zeros(n, dtype=np.float64) if ts is None else ts
     order = np.lexsort((np.arange(n), key, users))  # by user, then time, then file order
     bounds = np.searchsorted(users[order], np.arange(n_users + 1))
     sizes = np.diff(bounds)
-    k = np.maximum(1, sizes // 10)
     # Position of each sorted row counted from its user's end: 0 = last event.
     from_end = np.repeat(bounds[1:], sizes) - 1 - np.arange(n)
-    k_row = np.repeat(k, sizes)
     test = np.zeros(n, dtype=bool)
     valid = np.zeros(n, dtype=bool)
-    test[order[from_end < k_row]] = True
-    valid[order[(from_end >= k_row) & (from_end < 2 * k_row)]] = True
+    test[order[from_end == 0]] = True
+    valid[order[from_end == 1]] = True
     return [~(test | valid), valid, test]
 
 
