@@ -162,7 +162,7 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(7, len(names) * 0.9), 4))
     ax.bar(x - 0.2, r20, 0.4, yerr=err, label="test Recall@20")
     ax.bar(x + 0.2, n100, 0.4, label="test NDCG@100")
-    ax.set_xticks(x, names, fontsize=7)
+    ax.set_xticks(x, [n.replace("_", " ") for n in names], fontsize=7, rotation=30, ha="right")
     ax.set_title(
         f"{result['dataset']['name']}: model variants vs baselines (mean over seeds {result['seeds']})"
     )
