@@ -263,6 +263,7 @@ def main() -> None:
     ap.add_argument("--floor-batches", type=int, nargs="*", default=[1, 8], help="more floor batch sizes")
     ap.add_argument("--warmup", type=int, default=15, help="unmeasured seconds of load first")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--only-naive", action="store_true", help="just the naive path (no floor, no service)")
     ap.add_argument("--warm-variant", action="store_true", help="also run with EDGEREC_WARM_CACHE=true")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn workers of the service")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_bench.json")
@@ -297,7 +298,8 @@ def main() -> None:
 
     print("compute floor (encoder + search, in-process):", flush=True)
     levels = [*args.floor_batches, *args.concurrency]
-    result["floor"] = compute_floor(args.store, version, levels, args.floor_seconds)
+    floor_s = args.floor_seconds
+    result["floor"] = {} if args.only_naive else compute_floor(args.store, version, levels, floor_s)
 
     redis_port = free_port()
     redis_proc = start_process(
@@ -318,8 +320,8 @@ def main() -> None:
             EDGEREC_MODEL_POLL_S="0",
             PYTHONPATH=str(ROOT),
         )
-        variants = [("service", {}, args.warmup)]
-        if args.warm_variant:
+        variants = [] if args.only_naive else [("service", {}, args.warmup)]
+        if args.warm_variant and not args.only_naive:
             variants.append(("service_warmed", {"EDGEREC_WARM_CACHE": "true"}, 0))
         for label, extra_env, warmup in variants:
             port = free_port()
