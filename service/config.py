@@ -14,7 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EDGEREC_", extra="ignore")
+    # An empty variable (e.g. EDGEREC_API_KEY= in a compose file) means unset, never "require an empty key".
+    model_config = SettingsConfigDict(env_prefix="EDGEREC_", extra="ignore", env_ignore_empty=True)
 
     home: Path = Field(Path(".edgerec"), description="Local state folder (models/, redis/, data/, runs/).")
     model_store: Path | None = Field(None, description="Model store root; default $EDGEREC_HOME/models.")
