@@ -473,38 +473,10 @@ class BipartiteGraph:
 
     def _items_of(self, users: np.ndarray, mods: _Mods | None) -> tuple[np.ndarray, np.ndarray]:
         """(owner position, item) pairs for the items of each user in ``users`` (edge changes applied)."""
-        owner, pos = _ranges(self.ui.indptr, users)
-        items = self.ui.indices[pos].astype(np.int64)
-        if mods is None or not mods.user_items:
-            return owner, items
-        hit = np.array([u in mods.user_items for u in users.tolist()], dtype=bool)
-        if not hit.any():
-            return owner, items
-        keep = ~hit[owner]
-        own2 = [owner[keep]]
-        its2 = [items[keep]]
-        for k in np.flatnonzero(hit).tolist():
-            new = mods.user_items[int(users[k])]
-            own2.append(np.full(new.size, k, dtype=np.int64))
-            its2.append(new)
-        return np.concatenate(own2), np.concatenate(its2)
+        return _rows_with_overrides(self.ui, users, None if mods is None else mods.user_items)
 
     def _users_of(self, items: np.ndarray, mods: _Mods | None) -> tuple[np.ndarray, np.ndarray]:
-        owner, pos = _ranges(self.iu.indptr, items)
-        users = self.iu.indices[pos].astype(np.int64)
-        if mods is None or not mods.item_users:
-            return owner, users
-        hit = np.array([i in mods.item_users for i in items.tolist()], dtype=bool)
-        if not hit.any():
-            return owner, users
-        keep = ~hit[owner]
-        own2 = [owner[keep]]
-        us2 = [users[keep]]
-        for k in np.flatnonzero(hit).tolist():
-            new = mods.item_users[int(items[k])]
-            own2.append(np.full(new.size, k, dtype=np.int64))
-            us2.append(new)
-        return np.concatenate(own2), np.concatenate(us2)
+        return _rows_with_overrides(self.iu, items, None if mods is None else mods.item_users)
 
     def _compute_cooc(self, items: np.ndarray, mods: _Mods | None) -> np.ndarray:
         """Bitset rows (len(items) x words) of the items within 2 hops of each item, itself included."""
@@ -772,3 +744,25 @@ def _per_set(edges: EdgesArg, n: int, name: str) -> list[Edges | None]:
     if len(edges) != n:
         raise ValueError(f"{name}: got {len(edges)} per-set entries for {n} node sets")
     return edges  # type: ignore[return-value]
+
+
+def _rows_with_overrides(
+    m: sp.csr_matrix, keys: np.ndarray, overrides: dict[int, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(owner position, neighbour) pairs of the CSR rows ``keys``; a row in ``overrides`` (live edge changes)
+    replaces the stored one. Shared by the user->items and item->users directions."""
+    owner, pos = _ranges(m.indptr, keys)
+    nbrs = m.indices[pos].astype(np.int64)
+    if not overrides:
+        return owner, nbrs
+    hit = np.array([k in overrides for k in keys.tolist()], dtype=bool)
+    if not hit.any():
+        return owner, nbrs
+    keep = ~hit[owner]
+    own2 = [owner[keep]]
+    nb2 = [nbrs[keep]]
+    for k in np.flatnonzero(hit).tolist():
+        new = overrides[int(keys[k])]
+        own2.append(np.full(new.size, k, dtype=np.int64))
+        nb2.append(new)
+    return np.concatenate(own2), np.concatenate(nb2)
