@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 import uvicorn
+from shared_data import DATASETS
 
 TEST_REDIS_URL = os.environ.get("EDGEREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -122,9 +123,6 @@ class ServerThread:
 
 
 # ------------------------------------------------------------------------------------------ tiny real model
-DATASETS = Path(
-    os.environ.get("EDGEREC_DATASETS", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")
-)
 SLICE_USERS = 400  # first users (by raw id) of amazon-office; 3-core leaves a few hundred users and items
 _STORE: dict[str, object] = {}
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from shared_data import DATASETS
 
 from training.baselines import REGISTRY, get, select_and_test
 from training.baselines.base import grid_points, selection_score
@@ -17,9 +16,6 @@ from training.baselines.itemknn import ItemKNN
 from training.baselines.pop import Pop
 from training.evaluation import evaluate
 
-DATASETS = Path(
-    os.environ.get("EDGEREC_DATASETS", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")
-)
 # small budgets: these tests check that each model learns, not how well it can do
 FAST = {
     "lightgcn": {"max_epochs": 40, "eval_every": 5, "budget_s": 60.0, "patience": 2},

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import typer
+from shared_data import DATASETS
 from typer.testing import CliRunner
 
 from training import evaluate_cli
-
-DATASETS = Path(
-    os.environ.get("EDGEREC_DATASETS", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")
-)
 
 
 @pytest.fixture(scope="module")

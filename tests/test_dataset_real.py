@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
+from shared_data import dataset_or_skip
 
 from training.dataset import PreparedDataset, prepare
 from training.ingest import read_source
 
-DATASETS = Path(
-    os.environ.get("EDGEREC_DATASETS", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")
-)
-
-
-def _need(name: str) -> Path:
-    p = DATASETS / name
-    if not p.is_dir():
-        pytest.skip(f"{p} is absent (shared datasets are only on dev/CI machines)")
-    return p
-
 
 def test_amazon_office_matches_the_readme(tmp_path: Path) -> None:
-    raw = read_source(_need("amazon-office"))
+    raw = read_source(dataset_or_skip("amazon-office"))
     ds = prepare(raw, "amazon-office")
     assert (ds.n_users, ds.n_items) == (4_905, 2_420)
     assert ds.train.nnz + ds.valid.nnz + ds.test.nnz == 53_258
@@ -35,7 +23,7 @@ def test_amazon_office_matches_the_readme(tmp_path: Path) -> None:
 
 
 def test_movielens_100k_raw_counts_and_threshold() -> None:
-    raw = read_source(_need("movielens-100k"))
+    raw = read_source(dataset_or_skip("movielens-100k"))
     assert len(raw.users) == 100_000
     assert (len(set(raw.users)), len(set(raw.items))) == (943, 1_682)
     everything = prepare(raw, "ml", rating_threshold=None, k_core=1)

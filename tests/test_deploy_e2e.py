@@ -27,9 +27,10 @@ import httpx
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
+from shared_data import DATASETS
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets" / "amazon-office"
+SHARED = DATASETS / "amazon-office"
 N_USERS = 400  # first users of Amazon Office: ~110 users and ~150 items survive 5-core; trains in seconds
 # A deliberately tiny recipe (flags of `edgerec train`); quality is not the point here, the wiring is.
 TINY_TRAIN_ARGS = " ".join(

@@ -10,15 +10,12 @@ the CLI (publish, promote, clear errors).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import DATASETS
 
-DATASETS = Path(
-    os.environ.get("EDGEREC_DATASETS", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")
-)
 SLICE_USERS = 600
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from scipy.sparse.csgraph import shortest_path
+from shared_data import DATASETS
 
 from graphprompt.graph import BipartiteGraph, Neighbourhood
 
@@ -406,9 +407,8 @@ def test_load_errors(tmp_path, path):
 # ---------------------------------------------------------------- real data
 def test_amazon_office_against_scipy_bfs():
     """On a real prepared graph, prompt-like node sets match scipy's BFS from each source."""
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "amazon-office"
+    root = DATASETS / "amazon-office"
     if not root.exists():
         pytest.skip(f"real dataset not found at {root} (see shared/datasets/README.md)")
     from training.dataset import prepare

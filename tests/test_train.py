@@ -12,10 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-DATASETS = Path(
-    os.environ.get("EDGEREC_DATASETS", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")
-)
+from shared_data import DATASETS
 
 TINY = dict(
     n_layer=1,
