@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 import uvicorn
-from shared_data import DATASETS
+from shared_data import office_users
 
 TEST_REDIS_URL = os.environ.get("EDGEREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -141,29 +141,16 @@ def tiny_store() -> TinyStore:
     trained and exported through training/ once per test process (shared by every service test module)."""
     if "store" in _STORE:
         return _STORE["store"]  # type: ignore[return-value]
-    src = DATASETS / "amazon-office"
-    if not src.is_dir():
-        pytest.skip(f"{src} is absent (the shared datasets are only on dev/CI machines)")
     import torch
 
-    from training.dataset import RawInteractions, prepare
+    from training.dataset import prepare
     from training.export import export_run, publish
-    from training.ingest import read_source
     from training.train import TrainConfig, train
 
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="edgerec-service-tests-"))
     atexit.register(shutil.rmtree, root, True)
-    raw = read_source(src)
-    keep = set(sorted(set(raw.users))[:SLICE_USERS])
-    rows = [k for k, u in enumerate(raw.users) if u in keep]
-    sub = RawInteractions(
-        users=[raw.users[k] for k in rows],
-        items=[raw.items[k] for k in rows],
-        item_text=raw.item_text,
-        source=raw.source,
-    )
-    ds = prepare(sub, "office-tiny", k_core=3)
+    ds = prepare(office_users(SLICE_USERS), "office-tiny", k_core=3)
     ds.save(root / "data")
     versions = []
     for seed in (0, 1):

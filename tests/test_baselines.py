@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from shared_data import DATASETS
+from shared_data import office_users
 
 from training.baselines import REGISTRY, get, select_and_test
 from training.baselines.base import grid_points, selection_score
@@ -86,19 +86,10 @@ def test_grid_points_is_the_cross_product():
 # ------------------------------------------------------------------------------------------- real data
 @pytest.fixture(scope="module")
 def office_slice():
-    src = DATASETS / "amazon-office"
-    if not src.is_dir():
-        pytest.skip(f"{src} is absent (shared datasets are only on dev/CI machines)")
-    from training.dataset import RawInteractions, prepare
-    from training.ingest import read_source
+    from training.dataset import prepare
 
-    raw = read_source(src)
     # a fixed random slice of 2,500 users (about 1,500 after 5-core): big enough for co-occurrence to work
-    rng = np.random.default_rng(0)
-    keep = set(rng.choice(sorted(set(raw.users)), 2500, replace=False).tolist())
-    rows = [n for n, u in enumerate(raw.users) if u in keep]
-    sub = RawInteractions([raw.users[n] for n in rows], [raw.items[n] for n in rows], source=raw.source)
-    return prepare(sub, "office-slice")
+    return prepare(office_users(2500, seed=0), "office-slice")
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import typer
-from shared_data import DATASETS
+from shared_data import office_users
 from typer.testing import CliRunner
 
 from training import evaluate_cli
@@ -28,18 +27,11 @@ def app() -> typer.Typer:
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory) -> Path:
-    src = DATASETS / "amazon-office"
-    if not src.is_dir():
-        pytest.skip(f"{src} is absent (shared datasets are only on dev/CI machines)")
-    from training.dataset import RawInteractions, prepare
-    from training.ingest import read_source
+    from training.dataset import prepare
 
-    raw = read_source(src)
-    rng = np.random.default_rng(1)
-    keep = set(rng.choice(sorted(set(raw.users)), 1200, replace=False).tolist())
-    rows = [n for n, u in enumerate(raw.users) if u in keep]
-    sub = RawInteractions([raw.users[n] for n in rows], [raw.items[n] for n in rows], source=raw.source)
-    return prepare(sub, "office-tiny").save(tmp_path_factory.mktemp("data") / "office-tiny")
+    return prepare(office_users(1200, seed=1), "office-tiny").save(
+        tmp_path_factory.mktemp("data") / "office-tiny"
+    )
 
 
 def test_cli_writes_json_markdown_and_png(app, tiny_dataset, tmp_path):

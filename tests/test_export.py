@@ -14,31 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from shared_data import DATASETS
+from shared_data import office_users
 
 SLICE_USERS = 600
 
 
 def _office_slice(out: Path):
     """The first SLICE_USERS users (by raw id) of amazon-office, their interactions and item text, 3-core."""
-    from training.dataset import RawInteractions, prepare
-    from training.ingest import read_source
+    from training.dataset import prepare
 
-    src = DATASETS / "amazon-office"
-    if not src.is_dir():
-        pytest.skip(f"{src} is absent (shared datasets are only on dev/CI machines)")
-    raw = read_source(src)
-    keep = set(sorted(set(raw.users))[:SLICE_USERS])
-    rows = np.array([k for k, u in enumerate(raw.users) if u in keep])
-    sub = RawInteractions(
-        users=[raw.users[k] for k in rows],
-        items=[raw.items[k] for k in rows],
-        ratings=None if raw.ratings is None else raw.ratings[rows],
-        timestamps=None if raw.timestamps is None else raw.timestamps[rows],
-        item_text=raw.item_text,
-        source=raw.source,
-    )
-    ds = prepare(sub, "office-slice", k_core=3)
+    ds = prepare(office_users(SLICE_USERS), "office-slice", k_core=3)
     ds.save(out)
     return ds
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from shared_data import DATASETS
+from shared_data import office_users
 
 TINY = dict(
     n_layer=1,
@@ -28,26 +28,10 @@ TINY = dict(
 
 @pytest.fixture(scope="module")
 def office_slice(tmp_path_factory) -> Path:
-    src = DATASETS / "amazon-office"
-    if not src.is_dir():
-        pytest.skip(f"{src} is absent (shared datasets are only on dev/CI machines)")
-    from training.dataset import RawInteractions, prepare
-    from training.ingest import read_source
+    from training.dataset import prepare
 
-    raw = read_source(src)
-    users = np.asarray(raw.users)
-    keep_users = set(sorted(set(raw.users))[:300])
-    rows = np.flatnonzero([u in keep_users for u in users])
-    sub = RawInteractions(
-        users=[raw.users[r] for r in rows],
-        items=[raw.items[r] for r in rows],
-        ratings=None if raw.ratings is None else raw.ratings[rows],
-        timestamps=None if raw.timestamps is None else raw.timestamps[rows],
-        item_text=raw.item_text,
-        source=raw.source,
-    )
     out = tmp_path_factory.mktemp("office") / "office-300"
-    prepare(sub, "office-300", k_core=3).save(out)
+    prepare(office_users(300), "office-300", k_core=3).save(out)
     return out
 
 
