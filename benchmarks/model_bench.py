@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        from training.train import load_dataset
+        from training.sources import load_dataset
 
         ds = load_dataset(args.dataset)
         rows = [throughput("small", 6000, ds.n_users, ds.n_items, 64, 48, 10)]
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         path.write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
         return
-    from training.train import load_dataset
+    from training.sources import load_dataset
 
     ds = load_dataset(args.dataset)
     common: dict = {}

@@ -35,25 +35,6 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def load_dataset(spec: str, split_seed: int = 98765):
-    """Prepared folder, prepared name under $EDGEREC_HOME/data, or a raw source (read, then prepared)."""
-    from training.dataset import PreparedDataset, prepare
-    from training.ingest import read_source
-    from training.sources import edgerec_home
-
-    p = Path(spec)
-    if (p / "meta.json").exists():
-        return PreparedDataset.load(p)
-    named = edgerec_home() / "data" / spec
-    if (named / "meta.json").exists():
-        return PreparedDataset.load(named)
-    if not p.exists():
-        raise FileNotFoundError(
-            f"{spec}: not a prepared dataset, a name under {edgerec_home() / 'data'}, or a source"
-        )
-    return prepare(read_source(p), p.name.split(".")[0], seed=split_seed)
-
-
 def parse_overrides(values: list[str]) -> dict[str, dict[str, list[Any]]]:
     """``model.param=v1,v2`` → ``{model: {param: [v1, v2]}}`` (values parsed as JSON where possible)."""
     out: dict[str, dict[str, list[Any]]] = {}
@@ -198,6 +179,8 @@ def evaluate_cmd(
     with threadpool_limits(limits=threads):
         try:
             t0 = time.perf_counter()
+            from training.sources import load_dataset
+
             ds = load_dataset(dataset, split_seed)
             typer.echo(f"{ds.name}: {ds.n_users} users, {ds.n_items} items ({time.perf_counter() - t0:.1f}s)")
             rows = (

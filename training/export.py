@@ -115,7 +115,7 @@ def check_run(run_dir: str | os.PathLike[str], weights: str = RUN_WEIGHTS) -> Pa
 
 def load_run_dataset(run: Path, dataset: str | os.PathLike[str] | None = None):
     """The prepared dataset the run was trained on; its fingerprint must match the run's metrics.json."""
-    from training.train import load_dataset
+    from training.sources import load_dataset
 
     spec = (
         str(dataset)

@@ -156,3 +156,22 @@ def resolve(source: str, dest_root: Path | None = None) -> Path:
     raise SourceError(
         f"{source}: no such file or folder, and not a known dataset name ({', '.join(sorted(KNOWN))})"
     )
+
+
+def load_dataset(spec: str, split_seed: int = 98765):
+    """A prepared folder (``meta.json``), a prepared dataset's name under $EDGEREC_HOME/data, or a raw source
+    (read and prepared in memory with the paper's split). Used by train, evaluate and export alike."""
+    from training.dataset import PreparedDataset, prepare
+    from training.ingest import read_source
+
+    p = Path(spec)
+    if (p / "meta.json").exists():
+        return PreparedDataset.load(p)
+    named = edgerec_home() / "data" / spec
+    if (named / "meta.json").exists():
+        return PreparedDataset.load(named)
+    if not p.exists():
+        raise FileNotFoundError(
+            f"{spec}: not a prepared dataset folder, a name under {edgerec_home() / 'data'}, or a source"
+        )
+    return prepare(read_source(p), p.name.split(".")[0], seed=split_seed)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import shutil
 import time
@@ -38,6 +37,7 @@ from training.evaluation import evaluate
 from training.finetune import PredictiveData, score_users, targets_matrix, to_tensors
 from training.model import GraphGPT, ModelConfig
 from training.pretrain import PretrainData
+from training.sources import edgerec_home, load_dataset
 
 
 @dataclass
@@ -90,29 +90,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown train config fields: {sorted(unknown)}")
         return cls(**d)
-
-
-def edgerec_home() -> Path:
-    return Path(os.environ.get("EDGEREC_HOME", "./.edgerec"))
-
-
-def load_dataset(spec: str) -> PreparedDataset:
-    """A prepared folder (``meta.json``), a prepared dataset's name under $EDGEREC_HOME/data, or a raw
-    folder."""
-    p = Path(spec)
-    if (p / "meta.json").exists():
-        return PreparedDataset.load(p)
-    named = edgerec_home() / "data" / spec
-    if (named / "meta.json").exists():
-        return PreparedDataset.load(named)
-    if p.exists():
-        from training.dataset import prepare
-        from training.ingest import read_source
-
-        return prepare(read_source(p), p.name.split(".")[0])
-    raise FileNotFoundError(
-        f"{spec}: not a prepared dataset folder, a name under {edgerec_home() / 'data'}, or a source"
-    )
 
 
 # ------------------------------------------------------------------------------------------------ run set-up
