@@ -91,13 +91,13 @@ def compute_floor(store: Path, version: str, levels: list[int], seconds: float) 
 
     settings = Settings(model_store=store, model_version=version, use_gpu="no")
     model = load_serving_model(settings)
-    cfg, chunk = model.builder.cfg, settings.encode_chunk
+    chunk = settings.encode_chunk
     rng = np.random.default_rng(0)
     users = rng.choice(model.graph.n_users, size=min(512, model.graph.n_users), replace=False)
     prompts, seen = [], []
     for u in users.tolist():
         hist = model.graph.user_items(u)
-        nbr = model.graph.neighbourhood(u, n_users=cfg.n_co_users, n_items=cfg.n_two_hop_items)
+        nbr = model.builder.neighbourhood(u)
         prompts.append(model.builder.predictive(u, hist, nbr))
         seen.append(hist)
 
@@ -152,7 +152,7 @@ def naive_app():
     def recommend(user_id: str, body: dict) -> dict:
         u = user_index[user_id]
         hist = graph.user_items(u)
-        nbr = graph.neighbourhood(u, n_users=cfg.n_co_users, n_items=cfg.n_two_hop_items)
+        nbr = builder.neighbourhood(u)
         prompt = builder.predictive(u, hist, nbr)
         with torch.inference_mode():
             h = torch.from_numpy(encoder.encode(*PromptBuilder.collate([prompt])))[0]

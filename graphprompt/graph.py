@@ -208,7 +208,13 @@ class BipartiteGraph:
 
     # ---------------------------------------------------------------- neighbourhood
     def neighbourhood(
-        self, u: int | None, items: np.ndarray | None = None, *, n_users: int = 20, n_items: int = 20
+        self,
+        u: int | None,
+        items: np.ndarray | None = None,
+        *,
+        n_users: int = 20,
+        n_items: int = 20,
+        item_norm: float = 0.0,
     ) -> Neighbourhood:
         """First-order items, top second-order users and top two-hop items of a user.
 
@@ -216,7 +222,8 @@ class BipartiteGraph:
         interactions); with ``u=None`` (a user the graph does not know) ``items`` is required. Second-order
         users are counted over ``items`` and exclude ``u``; two-hop item counts are co-occurrences with
         ``items`` over all those users (so ``u``'s own train row never counts), and exclude ``items``
-        themselves.
+        themselves. ``item_norm`` = a ranks two-hop items by ``co-occurrence / degree**a`` instead of the raw
+        count (0: raw, popular items first; 0.5: cosine-like, as item-based kNN ranks neighbours).
         """
         if n_users < 0 or n_items < 0:
             raise ValueError("n_users and n_items must be >= 0")
@@ -243,7 +250,10 @@ class BipartiteGraph:
             reach = w @ self.ui
             cand, c = reach.indices.astype(np.int64), reach.data
             keep = ~np.isin(cand, hist) & (c > 0)
-            two, two_w = _top_k(cand[keep], c[keep], n_items)
+            cand, c = cand[keep], c[keep]
+            if item_norm:
+                c = c / np.power(np.maximum(self.item_degree()[cand], 1), item_norm).astype(np.float32)
+            two, two_w = _top_k(cand, c, n_items)
         else:
             two, two_w = np.zeros(0, np.int64), np.zeros(0, np.float32)
         return Neighbourhood(hist, co_users, co_w, two, two_w, user=None if u is None else int(u))

@@ -58,6 +58,7 @@ class PromptConfig:
     max_history: int = 50  # history items in a predictive prompt (the last ones of the given order)
     n_co_users: int = 10  # second-order users in a predictive prompt (0 = none)
     n_two_hop_items: int = 10  # two-hop items in a predictive prompt (0 = none)
+    two_hop_norm: float = 0.0  # rank two-hop items by co-occurrence / degree**a (0 = raw counts)
     use_user_token: bool = True  # put user_<u> in prompts (False: the anonymous/cold-start form everywhere)
     group_size: int = 10  # items per second-order group prompt; bigger groups are split
     max_text_tokens: int = 48  # cap on the main part of a content prompt
@@ -113,6 +114,20 @@ class PromptBuilder:
         self.cfg = cfg or PromptConfig()
         if not self.cfg.tokenizer:
             self.cfg.tokenizer = tokenizer.counts()
+
+    @property
+    def wants_neighbourhood(self) -> bool:
+        return self.cfg.n_co_users > 0 or self.cfg.n_two_hop_items > 0
+
+    def neighbourhood(self, user: int | None, items: np.ndarray | None = None):
+        """The neighbourhood a predictive prompt carries (None when the config asks for none): the one place
+        that turns the prompt config into a graph query, for training, export checks and serving alike."""
+        if not self.wants_neighbourhood:
+            return None
+        c = self.cfg
+        return self.graph.neighbourhood(
+            user, items, n_users=c.n_co_users, n_items=c.n_two_hop_items, item_norm=c.two_hop_norm
+        )
 
     # ------------------------------------------------------------------ pieces
     def _t(self, text: str) -> np.ndarray:

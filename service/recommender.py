@@ -294,12 +294,9 @@ class Recommender:
         builder, cfg = model.builder, model.builder.cfg
         stage = self.metrics.stage_seconds
         fresh = False
-        want_nbr = cfg.n_co_users > 0 or cfg.n_two_hop_items > 0
-        if want_nbr and entry.nbr is None and nbr_items.size:
+        if builder.wants_neighbourhood and entry.nbr is None and nbr_items.size:
             t = time.perf_counter()
-            entry.nbr = model.graph.neighbourhood(
-                user, items=nbr_items, n_users=cfg.n_co_users, n_items=cfg.n_two_hop_items
-            )
+            entry.nbr = builder.neighbourhood(user, nbr_items)
             entry.distances, fresh = None, True  # distances belong to the neighbourhood they came with
             stage.labels("neighbourhood").observe(time.perf_counter() - t)
 

@@ -296,6 +296,14 @@ def test_neighbourhood_rankings_by_hand(nbr):
     assert empty.co_users.size == 0 and empty.two_hop_items.size == 0
 
 
+def test_neighbourhood_two_hop_degree_normalisation(nbr):
+    # user 0: i4 co-occurs 3 times (degree 2), i3 twice (degree 1)
+    assert nbr.neighbourhood(0, item_norm=0.5).two_hop_items.tolist() == [4, 3]  # 3/sqrt(2) > 2/1
+    full = nbr.neighbourhood(0, item_norm=1.0)  # 3/2 < 2/1: the rarer item moves up
+    assert full.two_hop_items.tolist() == [3, 4]
+    assert full.two_hop_weight.tolist() == [2.0, 1.5]
+
+
 def test_neighbourhood_ties_by_smaller_id(nbr):
     nb = nbr.neighbourhood(3)  # items i0 i4: u0 (i0), u1 (i0), u2 (i4) all share one item
     assert nb.co_users.tolist() == [0, 1, 2]

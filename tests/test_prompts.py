@@ -73,6 +73,19 @@ def test_neighbourhood_prompt_has_varied_distances(builder: PromptBuilder) -> No
     assert p.bias[i0, i2] == pytest.approx(C * 2 / 6)  # i0 - u0 - i1 - u1 - i2: 4 hops
 
 
+def test_builder_neighbourhood_follows_the_prompt_config(builder: PromptBuilder) -> None:
+    g = builder.graph
+    cfg = PromptConfig(max_history=10, n_co_users=1, n_two_hop_items=1, two_hop_norm=0.5)
+    b = PromptBuilder(builder.tok, g, cfg)
+    nb = b.neighbourhood(0)
+    want = g.neighbourhood(0, n_users=1, n_items=1, item_norm=0.5)
+    assert nb.co_users.tolist() == want.co_users.tolist()
+    assert nb.two_hop_items.tolist() == want.two_hop_items.tolist()
+    none = PromptConfig(n_co_users=0, n_two_hop_items=0)
+    assert PromptBuilder(builder.tok, g, none).neighbourhood(0) is None
+    assert PromptConfig.from_dict(cfg.to_dict()).two_hop_norm == 0.5
+
+
 def test_removed_edges_change_the_bias(builder: PromptBuilder) -> None:
     full = builder.predictive(0, np.array([0, 1]))
     cut = builder.predictive(0, np.array([0, 1]), removed_edges=(np.array([0]), np.array([1])))

@@ -556,10 +556,7 @@ def evaluate_version(
         if history_order == "training":
             return pdata.eval_prompt(u)
         items = graph.user_items(u)
-        nbr = None
-        if pcfg.n_co_users > 0 or pcfg.n_two_hop_items > 0:
-            nbr = graph.neighbourhood(u, items, n_users=pcfg.n_co_users, n_items=pcfg.n_two_hop_items)
-        return builder.predictive(u, items, nbr)
+        return builder.predictive(u, items, builder.neighbourhood(u, items))
 
     def score(batch_users: np.ndarray) -> np.ndarray:
         prompts = [prompt(int(u)) for u in batch_users]

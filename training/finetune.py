@@ -44,16 +44,8 @@ class PredictiveData:
         self._variants: dict[tuple[int, int], tuple] = {}
         self._eval: dict[int, EncodedPrompt] = {}
 
-    @property
-    def use_nbr(self) -> bool:
-        c = self.b.cfg
-        return c.n_co_users > 0 or c.n_two_hop_items > 0
-
     def _nbr(self, u: int, items: np.ndarray):
-        if not self.use_nbr:
-            return None
-        c = self.b.cfg
-        return self.g.neighbourhood(u, items, n_users=c.n_co_users, n_items=c.n_two_hop_items)
+        return self.b.neighbourhood(u, items)
 
     def variant(self, u: int, v: int) -> tuple:
         """(visible items, target items, neighbourhood, distances) of user ``u``'s ``v``-th held-out split."""
