@@ -34,6 +34,7 @@ import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -226,7 +227,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", help="prepared dataset folder (or a raw RecBole folder)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=None, help=f"names from {sorted(VARIANTS)} or --extra")
+    ap.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="an ad-hoc variant: TrainConfig overrides as a JSON object (e.g. for a hyper-parameter sweep)",
+    )
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (one process each)")
     ap.add_argument(
         "--set", dest="overrides", action="append", default=[], help="TrainConfig key=JSON for all"
     )
@@ -239,6 +248,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--throughput", action="store_true", help="only the synthetic tokens/s measurement")
     ap.add_argument("--only-finished", action="store_true", help="tabulate finished runs, train nothing")
     args = ap.parse_args(argv)
+    variants = dict(VARIANTS)
+    for item in args.extra:
+        name, _, v = item.partition("=")
+        try:
+            variants[name] = json.loads(v)
+        except json.JSONDecodeError as e:
+            ap.error(f"--extra {name}: not a JSON object: {e}")
+        if not name or not isinstance(variants[name], dict):
+            ap.error(f"--extra needs NAME=JSON-object, got {item!r}")
+    names = args.variants or (list(VARIANTS) if not args.extra else [e.partition("=")[0] for e in args.extra])
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; choose from {sorted(variants)} or define them with --extra")
 
     sys.path.insert(0, str(ROOT))
     if args.throughput:
@@ -285,26 +307,39 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     out = Path(args.out)
     stem = out / f"model-{ds.name}"
-    for name in args.variants:
-        runs = []
-        for seed in args.seeds:
-            overrides = _merge(_merge(common, VARIANTS[name]), {"seed": seed})
-            run_dir = Path(args.runs_root) / ds.name / f"{name}-s{seed}"
-            if args.only_finished and not (run_dir / "metrics.json").exists():
-                continue
-            m = run_one(args.dataset, run_dir, overrides, args.threads, Path(args.log_dir))
-            if m.get("fingerprint") != ds.fingerprint:
-                raise RuntimeError(
-                    f"{run_dir} was trained on another split ({m.get('fingerprint', '')[:12]})"
-                )
-            runs.append({"seed": seed, "run_dir": str(run_dir), **m})
-            print(
-                f"  {name} seed {seed}: test " + " ".join(f"{k} {m['test'][k]:.4f}" for k in METRICS),
-                flush=True,
+    tasks = [(name, seed) for name in names for seed in args.seeds]
+    run_dirs = {t: Path(args.runs_root) / ds.name / f"{t[0]}-s{t[1]}" for t in tasks}
+    if args.only_finished:
+        tasks = [t for t in tasks if (run_dirs[t] / "metrics.json").exists()]
+
+    def one(task: tuple[str, int]) -> dict:
+        name, seed = task
+        overrides = _merge(_merge(common, variants[name]), {"seed": seed})
+        m = run_one(args.dataset, run_dirs[task], overrides, args.threads, Path(args.log_dir))
+        if m.get("fingerprint") != ds.fingerprint:
+            raise RuntimeError(
+                f"{run_dirs[task]} was trained on another split ({m.get('fingerprint', '')[:12]})"
             )
+        print(
+            f"  {name} seed {seed}: test " + " ".join(f"{k} {m['test'][k]:.4f}" for k in METRICS), flush=True
+        )
+        return {"seed": seed, "run_dir": str(run_dirs[task]), **m}
+
+    # Runs are independent processes; threads only wait on them. A failed run is reported, the rest go on.
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {t: pool.submit(one, t) for t in tasks}
+    done: dict[tuple[str, int], dict] = {}
+    for t, f in futures.items():
+        try:
+            done[t] = f.result()
+        except Exception as e:  # noqa: BLE001 - keep the other runs' results
+            print(f"  {t[0]} seed {t[1]}: FAILED: {e}", file=sys.stderr, flush=True)
+    for name in names:
+        runs = [done[(name, seed)] for seed in args.seeds if (name, seed) in done]
         if not runs:
             continue
-        result["variants"][name] = {"overrides": VARIANTS[name], "runs": runs, "summary": summarise(runs)}
+        result["variants"][name] = {"overrides": variants[name], "runs": runs, "summary": summarise(runs)}
+    if result["variants"]:
         out.mkdir(parents=True, exist_ok=True)
         _keep_other_variants(result, stem.with_suffix(".json"))
         result["bench_seconds"] = round(time.time() - t0, 1)
