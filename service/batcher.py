@@ -38,6 +38,7 @@ class MicroBatcher(Generic[J, R]):
         max_wait_s: float = 0.001,
         on_batch: Callable[[int], None] | None = None,
         name: str = "encoder",
+        thread_init: Callable[[], None] | None = None,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be >= 1")
@@ -46,6 +47,7 @@ class MicroBatcher(Generic[J, R]):
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch
         self.name = name
+        self.thread_init = thread_init  # runs once in the worker thread (per-thread library settings)
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -59,7 +61,9 @@ class MicroBatcher(Generic[J, R]):
         self._queue.put_nowait((job, fut))
         if self._worker is None or self._worker.done():
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"edgerec-{self.name}")
+                self._executor = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix=f"edgerec-{self.name}", initializer=self.thread_init
+                )
             # A fresh context: the worker must not inherit (and log under) the first caller's request id.
             self._worker = loop.create_task(self._run(self._executor), context=contextvars.Context())
         return await fut

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -47,10 +48,21 @@ async def _load_current(state: AppState) -> None:
         log.warning("no model loaded", extra={"error": state.holder.last_error})
         return
     if old != new:
+        _freeze_heap()
         state.metrics.reloads.labels("ok").inc()
         state.metrics.set_model(new)
         log.info("serving model", extra={"version": new, "previous": old})
         start_warming(state)
+
+
+def _freeze_heap() -> None:
+    """Move everything alive now (the loaded model: catalogue dicts, id maps, graph) out of the cyclic GC's
+    reach. Otherwise every full collection walks those millions of objects on the event loop: ~50 ms pauses
+    about once a second under load, which were most of the p99. Unfreezing first lets a swapped-out model's
+    cycles be collected."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 async def _poll_store(state: AppState, every_s: float) -> None:

@@ -28,7 +28,7 @@ from service.batcher import MicroBatcher
 from service.cache import Cache, Lookup, RedisUnavailable
 from service.config import Settings
 from service.metrics import Metrics
-from service.serving import ServingModel
+from service.serving import ServingModel, set_search_threads
 
 log = logging.getLogger("edgerec.recommender")
 
@@ -157,6 +157,7 @@ class Recommender:
             max_size=self.settings.batch_max_size,
             max_wait_s=self.settings.batch_max_wait_ms / 1000.0,
             on_batch=self.metrics.batch_size.observe,
+            thread_init=lambda: set_search_threads(self.settings.search_threads),
         )
 
     # -- input mapping ---------------------------------------------------------------------------------------

@@ -49,6 +49,18 @@ def _load_encoder(handle: VersionHandle, settings: Settings) -> Any:
     return enc.TorchEncoder(handle.path, device=device)
 
 
+def set_search_threads(n: int) -> None:
+    """FAISS's OpenMP thread count for searches made by the calling thread (0: leave the library default).
+
+    OpenMP keeps this per thread: a thread that never set it searches with one thread per core, and on a small
+    machine those extra threads spin against the event loop. So every thread that searches calls this (the
+    micro-batch thread does at its start), not just the one that loaded the model."""
+    if n:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+
+
 @dataclass(eq=False)
 class ServingModel:
     version: str
@@ -113,10 +125,7 @@ def load_serving_model(settings: Settings, version: str | None = None) -> Servin
     builder = PromptBuilder(tok, graph, cfg)
     encoder = _load_encoder(handle, settings)
     item_emb = np.ascontiguousarray(handle.load_npy("item_embeddings.npy", mmap=False), dtype=np.float32)
-    if settings.search_threads:
-        import faiss
-
-        faiss.omp_set_num_threads(settings.search_threads)  # process-wide; see Settings.search_threads
+    set_search_threads(settings.search_threads)  # for the warm-up below, which runs in this thread
     index = handle.load_index(use_gpu={"auto": "auto", "yes": True, "no": False}[settings.use_gpu])
     ranker = Ranker(index, item_emb)
     user_ids = [str(u) for u in handle.load_json("user_ids.json")]
