@@ -4,6 +4,7 @@ resuming reproduces an uninterrupted run, and two DDP processes (gloo) agree wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -162,3 +163,16 @@ def test_evaluate_run_reproduces_training_metrics(office_slice: Path, tmp_path: 
             assert row[split][name] == pytest.approx(value, abs=1e-6), (split, name)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         evaluate_run(tmp_path, PreparedDataset.load(office_slice))
+
+
+def test_precision_is_validated_and_fp32_means_no_autocast():
+    from training import loop
+    from training.train import TrainConfig
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(dataset="x", precision="fp16")
+    assert TrainConfig(dataset="x", precision="fp32").precision == "fp32"
+    cuda = torch.device("cuda")
+    assert isinstance(loop.autocast(cuda, "fp32"), contextlib.nullcontext)
+    assert isinstance(loop.autocast(cuda, "auto"), torch.autocast)
+    assert isinstance(loop.autocast(torch.device("cpu"), "bf16"), contextlib.nullcontext)

@@ -72,9 +72,15 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on GPU; plain float32 on CPU (CPU bf16 is slower than fp32 on most machines)."""
-    if device.type == "cuda":
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast on GPU unless ``precision="fp32"``; plain float32 on CPU (CPU bf16 is slower than fp32
+    on most machines)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if device.type == "cuda" and precision != "fp32":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

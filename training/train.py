@@ -46,6 +46,7 @@ class TrainConfig:
     run_dir: str = ""  # default $EDGEREC_HOME/runs/<dataset name>
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU; fp32 forces full precision on GPU
     # model
     size: str = "small"  # small | gpt2 (shape); base_model loads pretrained GPT-2 weights from a local folder
     base_model: str | None = None
@@ -80,6 +81,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     eval_batch: int = 256
     max_eval_users: int | None = None  # validation on a fixed subset (quick runs); test always uses all users
+
+    def __post_init__(self) -> None:
+        if self.precision not in loop.PRECISIONS:
+            raise ValueError(f"precision must be one of {loop.PRECISIONS}, got {self.precision!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -281,7 +286,7 @@ def pretrain(run: Run, quiet: bool = False) -> None:
             part = [prompts[k] for k in loop.shard(gb, d)]
             ids, mask, bias = to_tensors(PromptBuilder.collate(part), d.device)
             labels = torch.from_numpy(PromptBuilder.labels(part, offsets)).to(d.device)
-            with loop.autocast(d.device):
+            with loop.autocast(d.device, cfg.precision):
                 out = net(
                     ids,
                     mask,
@@ -379,7 +384,7 @@ def finetune(run: Run, quiet: bool = False) -> dict:
             mine = loop.shard(gb, d)
             ids, mask, bias = to_tensors(PromptBuilder.collate([prompts[k] for k in mine]), d.device)
             tgt = targets_matrix([targets[k] for k in mine], m.cfg.n_items, d.device)
-            with loop.autocast(d.device):
+            with loop.autocast(d.device, cfg.precision):
                 out = net(ids, mask, bias, targets=tgt)
             # each rank averages over its shard; rescale so the all-reduced mean equals the global-batch mean
             loss = out["loss"] * (len(mine) * d.world / len(gb))
