@@ -7,8 +7,14 @@
    level (the best a server could do at that load).
 2. service: ``uvicorn service.main:create_app`` in a subprocess (one worker, a dedicated redis-server), driven
    by ``wrk`` (C, one thread, closed loop: each connection sends its next request when the last one answered)
-   with ``POST /recommend/{random known user}`` ``{"k": 10}`` for ``--duration`` seconds per concurrency
-   level, after an unmeasured warm-up.
+   with ``POST /recommend/{user}`` ``{"k": 10}`` for ``--duration`` seconds per concurrency level, after an
+   unmeasured warm-up from an empty cache. Users are drawn with probability proportional to their train
+   interactions (``--draw activity``: active users come back more often, so the cache hit ratio is what such
+   traffic gives) or uniformly (``--draw uniform``: the worst case for the cache). Variants: "service" (every
+   default), "service_no_vector_cache" (``EDGEREC_CACHE_USER_VECTORS=false``: every request runs the
+   encoder, so the figures do not rest on the user-vector cache) and, with ``--warm-variant``,
+   "service_warmed" (``EDGEREC_WARM_CACHE=true``, measured once every user is warmed). Each run reports the
+   service's own cache hit ratio, encoder-skipped ratio, batch size and stage times, and the load average.
 3. naive path: the same load against a plain FastAPI endpoint that runs the PyTorch model per request, scores
    every item and sorts them all (no cache, no batching, no ONNX, no FAISS).
 
@@ -169,6 +175,19 @@ def naive_app():
 
 
 # ------------------------------------------------------------------------------------------- load runs
+def draw_users(vdir: Path, users: list[str], how: str, n: int = 200_000) -> list[str]:
+    """The sequence wrk picks from uniformly: ``n`` users drawn by train activity, or all users shuffled."""
+    if how == "uniform":
+        out = list(users)
+        random.Random(0).shuffle(out)
+        return out
+    from graphprompt.graph import BipartiteGraph
+
+    deg = BipartiteGraph.load(vdir / "graph").user_degree().astype(np.float64)
+    idx = np.random.default_rng(0).choice(len(users), size=n, p=deg / deg.sum())
+    return [users[i] for i in idx.tolist()]
+
+
 def run_wrk(base: str, users_file: Path, concurrency: int, seconds: int, seed: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_LUA % {"users": users_file, "seed": seed})
@@ -265,6 +284,17 @@ def main() -> None:
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--only-naive", action="store_true", help="just the naive path (no floor, no service)")
     ap.add_argument("--warm-variant", action="store_true", help="also run with EDGEREC_WARM_CACHE=true")
+    ap.add_argument(
+        "--draw",
+        choices=["activity", "uniform"],
+        default="activity",
+        help="which users ask: proportional to their train interactions, or uniformly [activity]",
+    )
+    ap.add_argument(
+        "--skip-no-vector-cache",
+        action="store_true",
+        help="no EDGEREC_CACHE_USER_VECTORS=false run",
+    )
     ap.add_argument("--workers", type=int, default=1, help="uvicorn workers of the service")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_bench.json")
     args = ap.parse_args()
@@ -284,14 +314,14 @@ def main() -> None:
     )
     work = Path(tempfile.mkdtemp(prefix="edgerec-load-"))
     users_file = work / "users.txt"
-    random.Random(0).shuffle(users)
-    users_file.write_text("\n".join(users) + "\n")
+    users_file.write_text("\n".join(draw_users(vdir, users, args.draw)) + "\n")
     result: dict = {
         "version": version,
         "dataset": meta.get("extra", {}).get("dataset"),
         "n_users": len(users),
         "cpus": os.cpu_count(),
         "duration_s": args.duration,
+        "draw": args.draw,
         "warmup_s": args.warmup,
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -321,6 +351,8 @@ def main() -> None:
             PYTHONPATH=str(ROOT),
         )
         variants = [] if args.only_naive else [("service", {}, args.warmup)]
+        if not (args.only_naive or args.skip_no_vector_cache):
+            variants.append(("service_no_vector_cache", {"EDGEREC_CACHE_USER_VECTORS": "false"}, args.warmup))
         if args.warm_variant and not args.only_naive:
             variants.append(("service_warmed", {"EDGEREC_WARM_CACHE": "true"}, 0))
         for label, extra_env, warmup in variants:
@@ -331,7 +363,7 @@ def main() -> None:
             procs.append(svc)
             base = f"http://127.0.0.1:{port}"
             wait_ready(f"{base}/readyz")
-            if extra_env:
+            if extra_env.get("EDGEREC_WARM_CACHE"):
                 t = time.monotonic()
                 while scrape(base).get("edgerec_cache_warm_progress", 0.0) < 1.0:
                     time.sleep(1)
@@ -342,9 +374,9 @@ def main() -> None:
                 run_wrk(base, users_file, args.concurrency[0], warmup, seed=1)
             result[label] = []
             for c in args.concurrency:
-                before = scrape(base)
+                before, load0 = scrape(base), os.getloadavg()[0]
                 r = run_wrk(base, users_file, c, args.duration, seed=c)
-                r.update(delta_stats(before, scrape(base)))
+                r.update(delta_stats(before, scrape(base)), loadavg_1m=[load0, os.getloadavg()[0]])
                 result[label].append(r)
                 print(f"  {label} c={c}: {r}", flush=True)
             stop_process(svc)
@@ -361,7 +393,9 @@ def main() -> None:
             wait_ready(f"{base}/readyz")
             result["naive"] = []
             for c in args.concurrency:
+                load0 = os.getloadavg()[0]
                 r = run_wrk(base, users_file, c, args.duration, seed=c)
+                r["loadavg_1m"] = [load0, os.getloadavg()[0]]
                 result["naive"].append(r)
                 print(f"  naive   c={c}: {r}", flush=True)
             stop_process(naive)
@@ -383,21 +417,25 @@ def _row(path: str, clients: str, r: dict, errors: str) -> str:
     )
 
 
+SERVICE_RUNS = ("service", "service_no_vector_cache", "service_warmed")
+
+
 def print_summary(r: dict) -> None:
     print("\n| path | clients | req/s | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|")
-    for path in ("service", "service_warmed", "naive"):
+    for path in SERVICE_RUNS + ("naive",):
         for row in r.get(path, []):
             print(_row(path, str(row["concurrency"]), row, str(row["errors"])))
     for key, row in r["floor"].items():
         print(_row(f"floor ({key.replace('_', ' ')})", "-", row, "-"))
     nav = {row["concurrency"]: row for row in r.get("naive", [])}
-    for label in ("service", "service_warmed"):
+    for label in SERVICE_RUNS:
         for row in r.get(label, []):
             c = row["concurrency"]
             floor = r["floor"].get(f"batch_{c}")
             msg = f"{label} c={c}: p99 {row['p99_ms']:.1f} ms, errors {row['errors']}"
             msg += f", cache hits {row['cache_hit_ratio']}, encoder skipped {row['encoder_skipped_ratio']}"
+            msg += f", load average {row['loadavg_1m'][0]:.1f}-{row['loadavg_1m'][1]:.1f}"
             if c in nav and nav[c]["rps"]:
                 msg += f", {row['rps'] / nav[c]['rps']:.1f}x naive throughput"
             if floor:

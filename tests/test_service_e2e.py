@@ -27,6 +27,7 @@ from service_support import (
 from model_store import ModelStore
 from service.config import Settings
 from service.main import create_app
+from service.schemas import BatchRecommendResponse, RecommendResponse
 
 KEY = "e2e-key"
 ADMIN = "e2e-admin"
@@ -75,6 +76,7 @@ def test_known_user_gets_k_unseen_items(http, store):
     r = http.post(f"/recommend/{user}", json={"k": 7})
     assert r.status_code == 200, r.text
     body = r.json()
+    assert RecommendResponse.model_validate(body).model_dump() == body  # the documented shape, exactly
     assert body["model_version"] == store.versions[0] and body["fallback"] is None
     assert len(body["items"]) == 7 and len(set(ids(r))) == 7
     assert not set(ids(r)) & set(store.train_items[user])  # seen items filtered
@@ -117,6 +119,7 @@ def test_batch(http, store):
     users = store.user_ids[:3] + ["batch-visitor"]
     r = http.post("/recommend", json={"requests": [{"user_id": u, "k": 3} for u in users]})
     assert r.status_code == 200
+    assert BatchRecommendResponse.model_validate(r.json()).model_dump() == r.json()
     results = r.json()["results"]
     assert [x["user_id"] for x in results] == users and all(len(x["items"]) == 3 for x in results)
     assert [x["fallback"] for x in results] == [None, None, None, "popularity"]
