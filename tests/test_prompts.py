@@ -84,6 +84,9 @@ def test_builder_neighbourhood_follows_the_prompt_config(builder: PromptBuilder)
     none = PromptConfig(n_co_users=0, n_two_hop_items=0)
     assert PromptBuilder(builder.tok, g, none).neighbourhood(0) is None
     assert PromptConfig.from_dict(cfg.to_dict()).two_hop_norm == 0.5
+    old = cfg.to_dict()
+    del old["two_hop_norm"]  # a prompt_config.json from before the option: raw counts, as it was trained
+    assert PromptConfig.from_dict(old).two_hop_norm == 0.0
 
 
 def test_removed_edges_change_the_bias(builder: PromptBuilder) -> None:
