@@ -22,6 +22,7 @@ Variants (TrainConfig overrides on top of the defaults and ``--set``):
   weak_reg          mutual regulariser weight 0.01 instead of 1 (it pulls the SVD-initialised collaborative
                     tables toward content tables that drift far during word-LM epochs)
   variants12        12 held-out splits per user instead of 4 (more augmentation, more BFS at the start)
+  held_out_targets  fine-tuning loss on the held-out items only (the paper's form) instead of every train item
   no_neighbourhood_no_bias   both of the above ablations at once
 """
 
@@ -55,6 +56,7 @@ VARIANTS: dict[str, dict] = {
     "no_user_token": {"prompt": {"use_user_token": False}},
     "weak_reg": {"reg_lambda": 0.01},
     "variants12": {"target_variants": 12},
+    "held_out_targets": {"all_train_targets": False},
 }
 VARIANTS["no_neighbourhood_no_bias"] = {**VARIANTS["no_neighbourhood"], "bias": {"enabled": False}}
 
