@@ -64,3 +64,30 @@ def test_wrong_result_count_is_an_error():
             await b.submit(1)
 
     asyncio.run(go())
+
+
+def test_thread_init_sets_per_thread_search_threads_in_the_worker():
+    # OpenMP keeps the thread count per thread: set only where the model was loaded, FAISS in the micro-batch
+    # thread would search with one thread per core. 3 differs from any default, so this fails without init.
+    import faiss
+
+    from service.serving import set_search_threads
+
+    inits: list[int] = []
+
+    def init():
+        inits.append(threading.get_ident())
+        set_search_threads(3)
+
+    def fn(jobs):
+        return [(threading.get_ident(), faiss.omp_get_max_threads()) for _ in jobs]
+
+    async def go():
+        b = MicroBatcher(fn, max_size=2, max_wait_s=0.0, thread_init=init)
+        out = [await b.submit(i) for i in range(3)]  # three separate batches, one worker thread
+        b.close()
+        return out
+
+    out = asyncio.run(go())
+    assert {o[1] for o in out} == {3}
+    assert len(inits) == 1 and {o[0] for o in out} == set(inits)
