@@ -214,14 +214,20 @@ def throughput(
 
 
 def _keep_other_variants(result: dict, path: Path) -> None:
-    """Several bench processes may cover different variants of one dataset: keep what the others wrote."""
+    """Several bench processes may cover different variants or seeds of one dataset: keep what the others
+    wrote, merging a variant's runs by seed (this process's run of a seed wins)."""
     if not path.exists():
         return
     old = json.loads(path.read_text())
     if old.get("dataset", {}).get("fingerprint") != result["dataset"]["fingerprint"]:
         return
-    merged = {k: v for k, v in old.get("variants", {}).items() if k not in result["variants"]}
-    result["variants"] = {**merged, **result["variants"]}
+    merged = dict(old.get("variants", {}))
+    for name, v in result["variants"].items():
+        mine = {r["seed"] for r in v["runs"]}
+        kept = [r for r in merged.get(name, {}).get("runs", []) if r["seed"] not in mine]
+        runs = sorted(kept + v["runs"], key=lambda r: r["seed"])
+        merged[name] = {**v, "runs": runs, "summary": summarise(runs)}
+    result["variants"] = merged
     result["seeds"] = sorted(set(old.get("seeds", [])) | set(result["seeds"]))
 
 
