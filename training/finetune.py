@@ -44,9 +44,6 @@ class PredictiveData:
         self._variants: dict[tuple[int, int], tuple] = {}
         self._eval: dict[int, EncodedPrompt] = {}
 
-    def _nbr(self, u: int, items: np.ndarray):
-        return self.b.neighbourhood(u, items)
-
     def variant(self, u: int, v: int) -> tuple:
         """(visible items, target items, neighbourhood, distances) of user ``u``'s ``v``-th held-out split."""
         key = (u, v)
@@ -64,7 +61,7 @@ class PredictiveData:
         cap = self.b.cfg.max_history
         if cap > 0 and len(visible) > cap:
             visible = visible[:cap]
-        nbr = self._nbr(u, visible)
+        nbr = self.b.neighbourhood(u, visible)
         dist = None
         if self.b.cfg.bias.enabled:
             probe = self.b.predictive(u, visible, nbr, with_bias=False)
@@ -96,7 +93,7 @@ class PredictiveData:
             raw = []
             for u in new:
                 items = np.random.default_rng([self.seed, 11, u]).permutation(self.g.user_items(u))
-                raw.append((u, items, self._nbr(u, items)))
+                raw.append((u, items, self.b.neighbourhood(u, items)))
             probes = [self.b.predictive(u, it, nb, with_bias=False) for u, it, nb in raw]
             dists: list = [None] * len(new)
             if self.b.cfg.bias.enabled:
