@@ -8,7 +8,10 @@ the output of ``PromptBuilder.collate``::
     attention_mask  int64   [B, L]   1 for real tokens, 0 for padding
     graph_bias      float32 [B, L, L]
 
-and return ``user_vector`` float32 ``[B, D]``; ``scores = item_embeddings @ user_vector``.
+and return ``user_vector`` float32 ``[B, D]``; ``scores = item_embeddings @ user_vector``. A model trained
+with a copy head (``copy_dim > 0``) has a second output, ``copy_scores`` float32 ``[B, L]``: a non-negative
+score per prompt position, added to the score of the item that position names (:func:`copy_boosts` turns it
+into per-user (items, boosts) for ``Ranker.search``; the history's positions are dropped, as in training).
 
 Training and serving both import this module, so it must not import torch, transformers or training at module
 level: :class:`TorchEncoder` imports them lazily, only when a version has no ONNX encoder (or a caller asks
@@ -19,6 +22,7 @@ recommender base.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -30,6 +34,8 @@ TORCH_WEIGHTS_FILE = "encoder.safetensors"
 MODEL_CONFIG_FILE = "model_config.json"
 INPUT_NAMES = ("input_ids", "attention_mask", "graph_bias")
 OUTPUT_NAME = "user_vector"
+COPY_OUTPUT_NAME = "copy_scores"
+Boost = tuple[np.ndarray, np.ndarray]  # (item indices int64, score boosts float32) of one user
 
 
 @runtime_checkable
@@ -42,9 +48,38 @@ class Encoder(Protocol):
     @property
     def providers(self) -> list[str]: ...
 
+    @property
+    def has_copy(self) -> bool: ...
+
     def encode(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, graph_bias: np.ndarray
     ) -> np.ndarray: ...
+
+    def encode_full(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, graph_bias: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+def copy_boosts(
+    input_ids: np.ndarray,
+    copy: np.ndarray | None,
+    item_offset: int,
+    history: Sequence[np.ndarray] | None = None,
+) -> list[Boost] | None:
+    """Per prompt row: (items, boosts) for the item tokens with a positive copy score, minus that row's
+    ``history`` (the model was trained to point at candidates, never at the history). None without copy."""
+    if copy is None:
+        return None
+    out = []
+    for r in range(len(input_ids)):
+        keep = (input_ids[r] >= item_offset) & (copy[r] > 0)
+        items = input_ids[r, keep].astype(np.int64) - item_offset
+        boost = copy[r, keep].astype(np.float32)
+        if history is not None and len(history[r]):
+            fresh = ~np.isin(items, history[r])
+            items, boost = items[fresh], boost[fresh]
+        out.append((items, boost))
+    return out
 
 
 def check_inputs(
@@ -120,9 +155,14 @@ class OnnxEncoder:
         names = [i.name for i in self._session.get_inputs()]
         if sorted(names) != sorted(INPUT_NAMES):
             raise ValueError(f"{self.path}: inputs {names} are not the encoder contract {list(INPUT_NAMES)}")
-        out = self._session.get_outputs()[0]
+        outs = self._session.get_outputs()
+        out = outs[0]
         if out.name != OUTPUT_NAME or not isinstance(out.shape[-1], int):
             raise ValueError(f"{self.path}: output {out.name} {out.shape} is not {OUTPUT_NAME} [B, D]")
+        extra = [o.name for o in outs[1:]]
+        if extra not in ([], [COPY_OUTPUT_NAME]):
+            raise ValueError(f"{self.path}: unexpected outputs {extra} (only {COPY_OUTPUT_NAME} may follow)")
+        self._outputs = [OUTPUT_NAME, *extra]
         self._dim = int(out.shape[-1])
         meta = self._session.get_modelmeta().custom_metadata_map
         # Limits stamped by the exporter: the model clamps out-of-range ids, so they must be refused here.
@@ -137,12 +177,23 @@ class OnnxEncoder:
     def providers(self) -> list[str]:
         return list(self._session.get_providers())
 
+    @property
+    def has_copy(self) -> bool:
+        return len(self._outputs) > 1
+
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray, graph_bias: np.ndarray) -> np.ndarray:
+        return self.encode_full(input_ids, attention_mask, graph_bias)[0]
+
+    def encode_full(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, graph_bias: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(user vectors [B, D], copy scores [B, L] or None when the model has no copy head)."""
         ids, mask, bias = check_inputs(
             input_ids, attention_mask, graph_bias, self.vocab_size, self.max_length
         )
         feed = {"input_ids": ids, "attention_mask": mask, "graph_bias": bias}
-        return self._session.run([OUTPUT_NAME], feed)[0]
+        res = self._session.run(self._outputs, feed)
+        return res[0], (res[1] if len(res) > 1 else None)
 
     def __repr__(self) -> str:
         return f"OnnxEncoder({self.path.name}, dim={self.dim}, providers={self.providers})"
@@ -182,12 +233,22 @@ class TorchEncoder:
     def providers(self) -> list[str]:
         return [f"torch:{self.device}"]
 
+    @property
+    def has_copy(self) -> bool:
+        return self.model.cfg.copy_dim > 0
+
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray, graph_bias: np.ndarray) -> np.ndarray:
+        return self.encode_full(input_ids, attention_mask, graph_bias)[0]
+
+    def encode_full(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, graph_bias: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         arrays = check_inputs(input_ids, attention_mask, graph_bias, self.vocab_size, self.max_length)
         torch = self._torch
         with torch.inference_mode():
             ids, mask, bias = (torch.from_numpy(a).to(self.device) for a in arrays)
-            return self.model.user_vector(ids, mask, bias).float().cpu().numpy()
+            vec, copy = self.model.encode(ids, mask, bias)
+            return vec.float().cpu().numpy(), (None if copy is None else copy.float().cpu().numpy())
 
     def __repr__(self) -> str:
         return f"TorchEncoder(dim={self.dim}, device={self.device})"

@@ -31,7 +31,7 @@ padding.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,10 @@ class PromptConfig:
     # rank two-hop items by co-occurrence / degree**a (0 = raw counts, popular first); 30 items at a = 0.5
     # beat 10 raw ones on office validation (benchmarks/results/sweep-amazon-office.md)
     two_hop_norm: float = 0.5
+    # > 0: the predicting (last) position's bias row holds candidate_strength * w / max(w) at the two-hop
+    # items, w their ranking score above, so the position that scores the items sees how strongly each
+    # candidate ties to the user's history (hop distances alone say only "3 hops"); 0 = no such row
+    candidate_strength: float = 0.0
     use_user_token: bool = True  # put user_<u> in prompts (False: the anonymous/cold-start form everywhere)
     group_size: int = 10  # items per second-order group prompt; bigger groups are split
     max_text_tokens: int = 48  # cap on the main part of a content prompt
@@ -77,6 +81,7 @@ class PromptConfig:
         d = dict(d)
         # files written before two_hop_norm existed ranked two-hop items by raw counts: keep them as trained
         d.setdefault("two_hop_norm", 0.0)
+        d.setdefault("candidate_strength", 0.0)  # nor did files written before candidate_strength
         bias = BiasConfig(**d.pop("bias", {}))
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
@@ -101,6 +106,7 @@ class EncodedPrompt:
     bias: np.ndarray  # float32 [L, L]
     n_prompt: int  # positions before the main part (== L when there is none)
     head: str | None = None  # vocabulary of the main part's loss
+    strength: np.ndarray | None = None  # float32 [L]: the last bias row's candidate strengths (predictive)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -159,15 +165,35 @@ class PromptBuilder:
         removed_edges: tuple[np.ndarray, np.ndarray] | None = None,
         extra_edges: tuple[np.ndarray, np.ndarray] | None = None,
         with_bias: bool = True,
+        strength: np.ndarray | None = None,
     ) -> EncodedPrompt:
         p = np.concatenate(prompt)
         ids = p if not main else np.concatenate([p, *main])
         nodes = self.tok.node_ids(ids)
+        out = EncodedPrompt(ids, nodes, np.zeros((len(ids), len(ids)), np.float32), len(p), head, strength)
         if with_bias:
-            bias = self.bias(nodes, distances=distances, removed_edges=removed_edges, extra_edges=extra_edges)
-        else:
-            bias = np.zeros((len(ids), len(ids)), dtype=np.float32)
-        return EncodedPrompt(ids, nodes, bias, len(p), head)
+            out = self.with_bias(
+                out, distances=distances, removed_edges=removed_edges, extra_edges=extra_edges
+            )
+        return out
+
+    def with_bias(
+        self,
+        prompt: EncodedPrompt,
+        *,
+        distances: tuple[np.ndarray, np.ndarray] | None = None,
+        removed_edges: tuple[np.ndarray, np.ndarray] | None = None,
+        extra_edges: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> EncodedPrompt:
+        """``prompt`` with its graph bias: hop distances among its nodes (:meth:`bias`), and the candidate
+        strengths in the last row when the prompt has them (not in the ``ones`` ablation)."""
+        bias = self.bias(
+            prompt.node_ids, distances=distances, removed_edges=removed_edges, extra_edges=extra_edges
+        )
+        cfg = self.cfg.bias
+        if prompt.strength is not None and cfg.enabled and cfg.mode != "ones":
+            bias[-1] += prompt.strength
+        return replace(prompt, bias=bias)
 
     def distances(
         self,
@@ -252,6 +278,7 @@ class PromptBuilder:
         )
         user = self._user_or_none(user)
         parts: list[np.ndarray] = []
+        strength = None  # (first two-hop position, strengths)
         if user is None:
             parts += [self._t("A user has interacted with")]
         else:
@@ -266,16 +293,25 @@ class PromptBuilder:
             two = np.asarray(neighbourhood.two_hop_items, dtype=np.int64)[: cfg.n_two_hop_items]
             if len(two):
                 parts += [self._t(". Items they also chose:"), self._items(two)]
+                if cfg.candidate_strength > 0:
+                    w = np.asarray(neighbourhood.two_hop_weight, dtype=np.float32)[: len(two)]
+                    start = sum(len(x) for x in parts) - len(two)
+                    strength = (start, cfg.candidate_strength * w / max(float(w.max()), 1e-12))
         if user is None:
             parts.append(self._t(". The user will interact with"))
         else:
             parts += [self._t("."), self._users(np.array([user])), self._t(" will interact with")]
+        row = None
+        if strength is not None:
+            row = np.zeros(sum(len(x) for x in parts), np.float32)
+            row[strength[0] : strength[0] + len(strength[1])] = strength[1]
         return self._finish(
             parts,
             distances=distances,
             removed_edges=removed_edges,
             extra_edges=extra_edges,
             with_bias=with_bias,
+            strength=row,
         )
 
     # ------------------------------------------------------------------ pre-training kinds

@@ -293,9 +293,56 @@ class Ranker:
             self.item_embeddings = item_embeddings
 
     def search(
-        self, user_vectors: np.ndarray, k: int, exclude: Sequence[np.ndarray | Sequence[int]] | None = None
+        self,
+        user_vectors: np.ndarray,
+        k: int,
+        exclude: Sequence[np.ndarray | Sequence[int]] | None = None,
+        boosts: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(ids int64 [B, k], scores float32 [B, k]) best first, excluded items never returned."""
+        """(ids int64 [B, k], scores float32 [B, k]) best first, excluded items never returned.
+
+        ``boosts`` (one per user, or None) = (items, non-negative boosts) added to those items' inner-product
+        scores: a copy head's scores for the items its prompt names (graphprompt.encoder.copy_boosts). The
+        index's top-k merged with the boosted items, re-scored exactly, is the exact top-k of the boosted
+        scores (an item outside both scores at most the k-th index score, which a boost only raises)."""
+        ids_out, scores_out = self._search(user_vectors, k, exclude)
+        if boosts is not None:
+            if len(boosts) != len(ids_out):
+                raise ValueError(f"boosts has {len(boosts)} entries for {len(ids_out)} user vectors")
+            self._apply_boosts(_as_queries(user_vectors, self.dim), k, exclude, boosts, ids_out, scores_out)
+        return ids_out, scores_out
+
+    def _apply_boosts(self, q, k, exclude, boosts, ids_out, scores_out) -> None:
+        if self.item_embeddings is None:
+            raise ValueError("boosted search needs the item embeddings (Ranker(index, item_embeddings))")
+        excl = self._exclusions(exclude, len(q))
+        for u, boost in enumerate(boosts):
+            if boost is None or len(boost[0]) == 0:
+                continue
+            items, extra = np.asarray(boost[0], dtype=np.int64), np.asarray(boost[1], dtype=np.float32)
+            if items.shape != extra.shape or (
+                items.size and (items.min() < 0 or items.max() >= self.n_items)
+            ):
+                raise ValueError(f"boosts[{u}]: items and boosts must be equal-length, items in range")
+            if (extra < 0).any():
+                raise ValueError(f"boosts[{u}]: boosts must be >= 0 (the merge is exact only then)")
+            keep = ~np.isin(items, excl[u])
+            items, extra = items[keep], extra[keep]
+            cand = np.concatenate([ids_out[u][ids_out[u] >= 0], items])
+            bonus = np.concatenate([np.zeros(len(cand) - len(items), np.float32), extra])
+            cand, inv = np.unique(cand, return_inverse=True)
+            total = np.zeros(len(cand), np.float32)
+            np.add.at(total, inv, bonus)
+            total += self.item_embeddings[cand] @ q[u]
+            order = np.argsort(-total, kind="stable")[:k]
+            ids_out[u] = -1
+            scores_out[u] = -np.inf
+            ids_out[u, : order.size] = cand[order]
+            scores_out[u, : order.size] = total[order]
+
+    def _search(
+        self, user_vectors: np.ndarray, k: int, exclude: Sequence[np.ndarray | Sequence[int]] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         q = _as_queries(user_vectors, self.dim)
         b = len(q)
         if k < 1:

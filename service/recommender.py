@@ -18,10 +18,11 @@ import logging
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from graphprompt.encoder import Boost, copy_boosts
 from graphprompt.graph import Neighbourhood
 from graphprompt.prompts import EncodedPrompt, PromptBuilder
 from service.batcher import MicroBatcher
@@ -62,13 +63,25 @@ class Recommendation:
         return next((r for r in FALLBACK_ORDER if r in self.reasons), None)
 
 
-# One micro-batch job: (prompt to encode, or a cached user vector; k; items to exclude)
-_Encode = tuple[EncodedPrompt | None, np.ndarray | None, int, np.ndarray]
-_Ranked = tuple[np.ndarray, np.ndarray, np.ndarray]  # (item indices, scores) best first, the user vector
+@dataclass
+class _Job:
+    """One micro-batch job: a prompt to encode, or a cached user vector (and copy boosts) to search with."""
+
+    prompt: EncodedPrompt | None
+    vector: np.ndarray | None
+    boost: Boost | None
+    k: int
+    exclude: np.ndarray
+    history: np.ndarray  # the prompt's history: its items get no copy boost (as in training)
 
 
-_ENTRY = struct.Struct("<4sIII")  # magic, packed neighbourhood length, distance nodes, vector dimension
-_ENTRY_MAGIC = b"NBD2"
+# (item indices, scores) best first, then the user vector and copy boosts the ranking used
+_Ranked = tuple[np.ndarray, np.ndarray, np.ndarray, Boost | None]
+
+
+# magic, packed neighbourhood length, distance nodes, vector dimension, copy-boosted items
+_ENTRY = struct.Struct("<4sIIII")
+_ENTRY_MAGIC = b"NBD3"
 
 
 @dataclass
@@ -83,6 +96,7 @@ class Entry:
     nbr: Neighbourhood | None = None
     distances: tuple[np.ndarray, np.ndarray] | None = None  # (sorted node ids, int8 [n, n] hop distances)
     vector: np.ndarray | None = None  # float32 [D]
+    boost: Boost | None = None  # the copy head's (items, boosts) that go with ``vector`` (copy models only)
 
     def pack(self) -> bytes:
         nb = self.nbr.pack() if self.nbr is not None else b""
@@ -91,7 +105,8 @@ class Entry:
         else:
             nodes, dist = np.zeros(0, np.int64), np.zeros((0, 0), np.int8)
         vec = np.zeros(0, np.float32) if self.vector is None else np.asarray(self.vector, dtype="<f4")
-        head = _ENTRY.pack(_ENTRY_MAGIC, len(nb), len(nodes), vec.size)
+        b_items, b_vals = self.boost if self.boost is not None else (_EMPTY, np.zeros(0, np.float32))
+        head = _ENTRY.pack(_ENTRY_MAGIC, len(nb), len(nodes), vec.size, len(b_items))
         return b"".join(
             [
                 head,
@@ -99,6 +114,8 @@ class Entry:
                 nodes.astype("<i4").tobytes(),
                 np.ascontiguousarray(dist, np.int8).tobytes(),
                 vec.tobytes(),
+                np.asarray(b_items, dtype="<i4").tobytes(),
+                np.asarray(b_vals, dtype="<f4").tobytes(),
             ]
         )
 
@@ -107,8 +124,8 @@ class Entry:
         """Inverse of pack; ValueError on anything malformed (e.g. an entry of an older layout)."""
         if len(data) < _ENTRY.size:
             raise ValueError("cache entry too short")
-        magic, n_nb, n, dim = _ENTRY.unpack_from(data)
-        if magic != _ENTRY_MAGIC or len(data) != _ENTRY.size + n_nb + 4 * n + n * n + 4 * dim:
+        magic, n_nb, n, dim, n_boost = _ENTRY.unpack_from(data)
+        if magic != _ENTRY_MAGIC or len(data) != _ENTRY.size + n_nb + 4 * n + n * n + 4 * dim + 8 * n_boost:
             raise ValueError("not a neighbourhood cache entry")
         off = _ENTRY.size
         nbr = Neighbourhood.unpack(data[off : off + n_nb]) if n_nb else None
@@ -120,7 +137,15 @@ class Entry:
             distances = (nodes, dist)
         off += 4 * n + n * n
         vector = np.frombuffer(data, dtype="<f4", count=dim, offset=off).astype(np.float32) if dim else None
-        return cls(nbr, distances, vector)
+        off += 4 * dim
+        boost = None
+        if vector is not None:  # a vector is stored with its boosts (none for a model without copy head)
+            items = np.frombuffer(data, dtype="<i4", count=n_boost, offset=off).astype(np.int64)
+            vals = np.frombuffer(data, dtype="<f4", count=n_boost, offset=off + 4 * n_boost).astype(
+                np.float32
+            )
+            boost = (items, vals)
+        return cls(nbr, distances, vector, boost)
 
 
 def dedup_keep_last(x: np.ndarray) -> np.ndarray:
@@ -266,17 +291,19 @@ class Recommender:
             entry = Entry()
         assert model.batcher is not None, "model was not attached to the recommender"
         vec = entry.vector if reuse_vector else None
-        if vec is not None and vec.shape == (model.ranker.dim,):
+        usable = vec is not None and vec.shape == (model.ranker.dim,)
+        if usable and (entry.boost is not None or not model.encoder.has_copy):
             self.metrics.encoder_skipped.inc()
-            ids, scores, _ = await model.batcher.submit((None, vec, k, exclude))
+            job = _Job(None, vec, entry.boost if model.encoder.has_copy else None, k, exclude, history)
+            ids, scores, _, _ = await model.batcher.submit(job)
             return ids, scores
 
         new_edges = np.setdiff1d(np.concatenate([live, recent]), train) if u is not None else _EMPTY
         edges = (np.full(new_edges.size, u, dtype=np.int64), new_edges) if new_edges.size else None
         prompt, fresh = self._prompt(model, u, history, entry, stored if stored.size else recent, edges)
-        ids, scores, vector = await model.batcher.submit((prompt, None, k, exclude))
+        ids, scores, vector, boost = await model.batcher.submit(_Job(prompt, None, None, k, exclude, history))
         if reuse_vector:
-            entry.vector, fresh = vector, True
+            entry.vector, entry.boost, fresh = vector, boost, True
         if fresh and reuse:
             packed = entry.pack()
             self._spawn(self.cache.store_neighbourhood(model.version, user_id, lookup.fingerprint, packed))
@@ -307,37 +334,50 @@ class Recommender:
         if cfg.bias.enabled and nodes.size:
             if entry.distances is None or not np.isin(nodes, entry.distances[0]).all():
                 entry.distances, fresh = builder.distances(nodes, extra_edges=edges), True
-            prompt = replace(prompt, bias=builder.bias(prompt.node_ids, distances=entry.distances))
+            prompt = builder.with_bias(prompt, distances=entry.distances)
         stage.labels("prompt").observe(time.perf_counter() - t)
         return prompt, fresh
 
-    def _run_batch(self, model: ServingModel, jobs: Sequence[_Encode]) -> list[_Ranked]:
+    def _run_batch(self, model: ServingModel, jobs: Sequence[_Job]) -> list[_Ranked]:
         """Encoder + FAISS for one micro-batch (worker thread; both release the GIL while they compute)."""
         stage = self.metrics.stage_seconds
         vectors = np.empty((len(jobs), model.ranker.dim), dtype=np.float32)
-        rows = [i for i, (p, _, _, _) in enumerate(jobs) if p is not None]
-        for i, (_, v, _, _) in enumerate(jobs):
-            if v is not None:
-                vectors[i] = v
+        boosts: list[Boost | None] = [job.boost for job in jobs]
+        rows = [i for i, job in enumerate(jobs) if job.prompt is not None]
+        for i, job in enumerate(jobs):
+            if job.vector is not None:
+                vectors[i] = job.vector
         if rows:
             t = time.perf_counter()
             # Length-sorted chunks: padding short prompts to the longest of a big batch costs a CPU more than
             # extra calls do (measured: 32 mixed prompts ~1.8x slower per prompt than sorted chunks of 8).
-            rows.sort(key=lambda i: len(jobs[i][0]))
+            rows.sort(key=lambda i: len(jobs[i].prompt))
             step = self.settings.encode_chunk
+            offset = model.builder.tok.item_offset
             for start in range(0, len(rows), step):
                 chunk = rows[start : start + step]
-                vectors[chunk] = model.encoder.encode(*PromptBuilder.collate([jobs[i][0] for i in chunk]))
+                batch = PromptBuilder.collate([jobs[i].prompt for i in chunk])
+                vectors[chunk], copy = model.encoder.encode_full(*batch)
+                found = copy_boosts(batch[0], copy, offset, [jobs[i].history for i in chunk])
+                for i, b in zip(chunk, found or (), strict=False):
+                    boosts[i] = b
             stage.labels("encode").observe(time.perf_counter() - t)
 
         t = time.perf_counter()
-        k_max = max(k for _, _, k, _ in jobs)
-        ids, scores = model.ranker.search(vectors, k_max, exclude=[ex for _, _, _, ex in jobs])
+        k_max = max(job.k for job in jobs)
+        ids, scores = model.ranker.search(
+            vectors,
+            k_max,
+            exclude=[job.exclude for job in jobs],
+            boosts=boosts if any(b is not None for b in boosts) else None,
+        )
         stage.labels("search").observe(time.perf_counter() - t)
 
         out = []
-        for row, (_, _, k, _) in enumerate(jobs):
-            r_ids, r_scores = ids[row, :k], scores[row, :k]
+        for row, job in enumerate(jobs):
+            r_ids, r_scores = ids[row, : job.k], scores[row, : job.k]
             keep = r_ids >= 0  # -1 pads rows the catalogue could not fill
-            out.append((r_ids[keep].astype(np.int64), r_scores[keep].astype(np.float32), vectors[row]))
+            out.append(
+                (r_ids[keep].astype(np.int64), r_scores[keep].astype(np.float32), vectors[row], boosts[row])
+            )
         return out

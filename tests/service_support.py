@@ -137,8 +137,9 @@ class TinyStore:
 
 
 def tiny_store() -> TinyStore:
-    """Two tiny real model versions (1 layer, 32-d, one fine-tuning epoch) on a slice of amazon-office,
-    trained and exported through training/ once per test process (shared by every service test module)."""
+    """Two tiny real model versions (1 layer, 32-d, one fine-tuning epoch; the first with a copy head) on a
+    slice of amazon-office, trained and exported through training/ once per test process (shared by every
+    service test module)."""
     if "store" in _STORE:
         return _STORE["store"]  # type: ignore[return-value]
     import torch
@@ -166,7 +167,10 @@ def tiny_store() -> TinyStore:
             content_warmup=0,
             epochs=1,
             patience=1,
-            prompt={"max_history": 30, "n_co_users": 5, "n_two_hop_items": 5},
+            prompt={"max_history": 30, "n_co_users": 5, "n_two_hop_items": 5, "candidate_strength": 1.0},
+            # version 0 has the copy head (encoder with two outputs, boosted search), version 1 has not:
+            # the service serves and hot-swaps both kinds
+            copy_dim=8 if seed == 0 else 0,
         )
         train(cfg, quiet=True)
         folder = export_run(root / f"run{seed}", root / f"export{seed}")

@@ -166,3 +166,42 @@ def test_index_inside_a_version(tmp_path: Path) -> None:
     ranker = Ranker(idx, item_embeddings=handle.load_npy("item_embeddings.npy"))
     ids, _ = ranker.search(emb[:3], 5, [[0], [1], [2]])
     assert ids.shape == (3, 5) and not np.isin(ids[0], [0]).any()
+
+
+def test_boosted_search_is_the_exact_top_k_of_the_boosted_scores(data) -> None:
+    """Index top-k merged with re-scored boosted items == brute force over (inner product + boost)."""
+    emb, q = data
+    rng = np.random.default_rng(3)
+    ranker = Ranker(build_index(emb), emb, margin=0)
+    exclude, boosts, dense = [], [], np.asarray(q @ emb.T, dtype=np.float64)
+    for i in range(len(q)):
+        ex = rng.choice(len(emb), size=40, replace=False)
+        items = rng.choice(len(emb), size=30, replace=False)  # some overlap the exclusions
+        extra = rng.uniform(0, 3 * dense[i].std(), size=30).astype(np.float32)
+        exclude.append(ex)
+        boosts.append((items, extra))
+        dense[i, items] += extra
+        dense[i, ex] = -np.inf
+    boosts[5] = None  # a user without boosts is searched as usual
+    dense[5] = np.asarray(q[5] @ emb.T, dtype=np.float64)
+    dense[5, exclude[5]] = -np.inf
+    ids, scores = ranker.search(q, 20, exclude, boosts=boosts)
+    want = np.argsort(-dense, axis=1, kind="stable")[:, :20]
+    for i in range(len(q)):
+        assert not np.isin(ids[i], exclude[i]).any()
+        assert np.allclose(scores[i], dense[i, want[i]], atol=1e-4)
+        assert set(ids[i]) == set(want[i])
+    assert any(np.isin(ids[i], boosts[i][0]).any() for i in range(len(q)) if boosts[i] is not None)
+
+
+def test_boosted_search_refuses_bad_boosts(data) -> None:
+    emb, q = data
+    with pytest.raises(ValueError, match="item embeddings"):
+        Ranker(build_index(emb)).search(q[:1], 5, boosts=[(np.array([1]), np.array([1.0]))])
+    ranker = Ranker(build_index(emb), emb)
+    with pytest.raises(ValueError, match=">= 0"):
+        ranker.search(q[:1], 5, boosts=[(np.array([1]), np.array([-1.0]))])
+    with pytest.raises(ValueError, match="in range"):
+        ranker.search(q[:1], 5, boosts=[(np.array([len(emb)]), np.array([1.0]))])
+    with pytest.raises(ValueError, match="entries"):
+        ranker.search(q[:2], 5, boosts=[None])

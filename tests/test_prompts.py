@@ -196,3 +196,34 @@ def test_config_round_trip(tmp_path) -> None:
     assert back == cfg and json.loads((tmp_path / "p.json").read_text())["bias"]["max_hops"] == 3
     with pytest.raises(ValueError, match="unknown prompt config"):
         PromptConfig.from_dict({"max_histroy": 3})
+
+
+def test_candidate_strength_fills_the_last_bias_row(builder: PromptBuilder) -> None:
+    """The predicting position's bias row holds strength * w / max(w) at the two-hop items, nothing else
+    changes, and the row is absent when switched off, without a bias, or in the all-ones ablation."""
+    g = builder.graph
+    cfg = PromptConfig(max_history=10, n_co_users=2, n_two_hop_items=3, candidate_strength=2.0)
+    pb = PromptBuilder(builder.tok, g, cfg)
+    nb = pb.neighbourhood(0)
+    assert len(nb.two_hop_items) >= 1
+    p = pb.predictive(0, g.user_items(0), nb)
+    plain = PromptBuilder(builder.tok, g, PromptConfig(max_history=10, n_co_users=2, n_two_hop_items=3))
+    q = plain.predictive(0, g.user_items(0), nb)
+    assert np.array_equal(p.input_ids, q.input_ids)
+    diff = p.bias - q.bias
+    assert np.all(diff[:-1] == 0)  # only the last row carries the strengths
+    w = nb.two_hop_weight / nb.two_hop_weight.max()
+    for item, want in zip(nb.two_hop_items, w, strict=True):
+        assert diff[-1, _pos(p, 3 + int(item))] == pytest.approx(2.0 * want)
+    assert np.count_nonzero(diff[-1]) == len(nb.two_hop_items)
+    # the service re-attaches the bias from cached distances: same matrix
+    probe = pb.predictive(0, g.user_items(0), nb, with_bias=False)
+    again = pb.with_bias(probe, distances=pb.distances(probe.node_ids))
+    assert np.allclose(again.bias, p.bias)
+    for bias_cfg in (BiasConfig(enabled=False), BiasConfig(mode="ones")):
+        off = PromptBuilder(builder.tok, g, PromptConfig(**{**cfg.to_dict(), "bias": bias_cfg}))
+        b = off.predictive(0, g.user_items(0), nb).bias
+        assert set(np.unique(b)) <= {0.0, 1.0}
+    old = cfg.to_dict()
+    del old["candidate_strength"]  # a prompt_config.json from before the option: no strength row
+    assert PromptConfig.from_dict(old).candidate_strength == 0.0

@@ -25,8 +25,13 @@ def test_entry_round_trip():
     assert back.nbr == nbr
     assert np.array_equal(back.distances[0], nodes) and np.array_equal(back.distances[1], dist)
     assert np.array_equal(back.vector, vec)
+    assert back.boost is not None and back.boost[0].size == 0  # a vector of a model without copy head
     empty = Entry.unpack(Entry().pack())
-    assert empty.nbr is None and empty.distances is None and empty.vector is None
+    assert empty.nbr is None and empty.distances is None and empty.vector is None and empty.boost is None
+    boost = (np.array([9, 4]), np.array([0.5, 2.25], np.float32))
+    with_boost = Entry.unpack(Entry(nbr, None, vec, boost).pack())
+    assert np.array_equal(with_boost.boost[0], boost[0]) and np.array_equal(with_boost.boost[1], boost[1])
+    assert with_boost.distances is None and np.array_equal(with_boost.vector, vec)
 
 
 @pytest.mark.parametrize("bad", [b"", b"NBD2", b"XXXX" + bytes(12), Entry().pack() + b"\x00"])

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from graphprompt.encoder import (
+    COPY_OUTPUT_NAME,
     INPUT_NAMES,
     MODEL_CONFIG_FILE,
     ONNX_FILE,
@@ -139,8 +140,9 @@ def load_run_dataset(run: Path, dataset: str | os.PathLike[str] | None = None):
 
 # ------------------------------------------------------------------------------------------------ ONNX
 def user_vector_module(model):
-    """The exported module: (input_ids, attention_mask, graph_bias) -> user_vector [B, D] (torch imported
-    lazily, so this module stays importable without torch for the offline-evaluation helpers)."""
+    """The exported module: (input_ids, attention_mask, graph_bias) -> user_vector [B, D], plus copy_scores
+    [B, L] when the model has a copy head (torch imported lazily, so this module stays importable without
+    torch for the offline-evaluation helpers)."""
     import torch
 
     class UserVector(torch.nn.Module):
@@ -149,6 +151,8 @@ def user_vector_module(model):
             self.m = m
 
         def forward(self, input_ids, attention_mask, graph_bias):
+            if self.m.cfg.copy_dim > 0:
+                return self.m.encode(input_ids, attention_mask, graph_bias)
             return self.m.user_vector(input_ids, attention_mask, graph_bias)
 
     return UserVector(model).eval()
@@ -186,7 +190,8 @@ def export_onnx(model, path: Path, sample: tuple[np.ndarray, np.ndarray, np.ndar
 
     module = user_vector_module(model)
     args = tuple(torch.from_numpy(a) for a in sample)
-    names = {"input_names": list(INPUT_NAMES), "output_names": [OUTPUT_NAME]}
+    outputs = [OUTPUT_NAME, COPY_OUTPUT_NAME] if model.cfg.copy_dim > 0 else [OUTPUT_NAME]
+    names = {"input_names": list(INPUT_NAMES), "output_names": outputs}
     with warnings.catch_warnings(), torch.no_grad(), _quiet_logger("torch.onnx"):
         warnings.simplefilter("ignore")  # the exporters are chatty (deprecations, dim renames)
         if exporter == "dynamo":
@@ -206,6 +211,7 @@ def export_onnx(model, path: Path, sample: tuple[np.ndarray, np.ndarray, np.ndar
             axes = {n: {0: "batch", 1: "length"} for n in INPUT_NAMES[:2]}
             axes["graph_bias"] = {0: "batch", 1: "length", 2: "length"}
             axes[OUTPUT_NAME] = {0: "batch"}
+            axes[COPY_OUTPUT_NAME] = {0: "batch", 1: "length"}
             torch.onnx.export(
                 module, args, str(path), dynamo=False, opset_version=17, dynamic_axes=axes, **names
             )
@@ -251,10 +257,19 @@ def _stamp_metadata(path: Path, cfg) -> None:
 
 
 def torch_vectors(model, batch: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """The user vectors, and the copy scores after them along the last axis when the model has a copy head
+    (what :func:`encoder_outputs` returns for an encoder, so one max-difference covers both outputs)."""
     import torch
 
     with torch.no_grad():
-        return model.user_vector(*(torch.from_numpy(a) for a in batch)).float().numpy()
+        vec, copy = model.encode(*(torch.from_numpy(a) for a in batch))
+        parts = [vec] if copy is None else [vec, copy]
+        return torch.cat([p.float() for p in parts], dim=-1).numpy()
+
+
+def encoder_outputs(encoder: Encoder, batch: tuple[np.ndarray, ...]) -> np.ndarray:
+    vec, copy = encoder.encode_full(*batch)
+    return vec if copy is None else np.concatenate([vec, copy], axis=-1)
 
 
 def parity_batches(builder, data, seed: int, n_users: int = 64) -> list[tuple[np.ndarray, ...]]:
@@ -274,7 +289,7 @@ def parity_batches(builder, data, seed: int, n_users: int = 64) -> list[tuple[np
 
 
 def max_abs_diff(model, encoder: Encoder, batches: Sequence[tuple[np.ndarray, ...]]) -> float:
-    return max(float(np.abs(torch_vectors(model, b) - encoder.encode(*b)).max()) for b in batches)
+    return max(float(np.abs(torch_vectors(model, b) - encoder_outputs(encoder, b)).max()) for b in batches)
 
 
 def quantize_int8(src: Path, dst: Path) -> Path:
@@ -292,7 +307,7 @@ def int8_parity(fp32: Encoder, int8: Encoder, batches: Sequence[tuple[np.ndarray
     diffs, cos = [], []
     for b in batches:
         a, q = fp32.encode(*b), int8.encode(*b)
-        diffs.append(float(np.abs(a - q).max()))
+        diffs.append(float(np.abs(encoder_outputs(fp32, b) - encoder_outputs(int8, b)).max()))
         cos.append(float(((a * q).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(q, axis=-1))).min()))
     return {"max_abs_diff": max(diffs), "min_cosine": min(cos)}
 
@@ -529,7 +544,7 @@ def evaluate_version(
     """
     if history_order not in ("training", "stored"):
         raise ValueError(f"history_order must be 'training' or 'stored', got {history_order!r}")
-    from graphprompt.encoder import load_encoder
+    from graphprompt.encoder import copy_boosts, load_encoder
     from graphprompt.graph import BipartiteGraph
     from graphprompt.prompts import PromptBuilder, PromptConfig
     from graphprompt.tokenizer import RecTokenizer
@@ -562,11 +577,16 @@ def evaluate_version(
         prompts = [prompt(int(u)) for u in batch_users]
         order = np.argsort([len(p) for p in prompts], kind="stable")
         vecs = np.zeros((len(prompts), enc.dim), dtype=np.float32)
+        boosts: list = [None] * len(prompts)
         for s in range(0, len(order), 64):  # length-sorted sub-batches keep padding small
             idx = order[s : s + 64]
-            vecs[idx] = enc.encode(*PromptBuilder.collate([prompts[i] for i in idx]))
+            batch = PromptBuilder.collate([prompts[i] for i in idx])
+            vecs[idx], copy = enc.encode_full(*batch)
+            hist = [graph.user_items(int(batch_users[i])) for i in idx]
+            for i, b in zip(idx, copy_boosts(batch[0], copy, tok.item_offset, hist) or [], strict=False):
+                boosts[i] = b
         excl = [known.indices[known.indptr[u] : known.indptr[u + 1]] for u in batch_users]
-        ids, scores = ranker.search(vecs, k, exclude=excl)
+        ids, scores = ranker.search(vecs, k, exclude=excl, boosts=boosts)
         out = np.full((len(batch_users), dataset.n_items), -np.inf, dtype=np.float32)
         rows, cols = np.nonzero(ids >= 0)
         out[rows, ids[rows, cols]] = scores[rows, cols]

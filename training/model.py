@@ -88,6 +88,7 @@ class ModelConfig:
     learn_bias_scale: bool = False  # learn one scale per layer
     bias_layers: list[int] | None = None  # layers that see the bias (None = all)
     content_tables: bool = True  # separate id tables for content pre-training
+    copy_dim: int = 0  # > 0: a pointer ("copy") score for the items the prompt names, query/key of this size
     base_model: str | None = None  # local HF GPT-2 folder the body and word table came from, if any
     extra: dict = field(default_factory=dict)
 
@@ -133,6 +134,11 @@ class GraphGPT(nn.Module):
         for emb in self._tables():
             nn.init.normal_(emb.weight, std=0.02)
         self.body = GPT2Model(self._gpt2_config())
+        if cfg.copy_dim > 0:
+            self.copy_q = nn.Linear(d, cfg.copy_dim)
+            self.copy_k = nn.Linear(d, cfg.copy_dim)
+            # weight of the candidate strength (the last bias row) and an offset; softplus(-1) ~ 0.31
+            self.copy_wb = nn.Parameter(torch.tensor([1.0, -1.0]))
         layers = torch.zeros(cfg.n_layer)
         layers[cfg.bias_layers if cfg.bias_layers is not None else slice(None)] = 1.0
         self.register_buffer("bias_layer_on", layers, persistent=False)
@@ -224,8 +230,71 @@ class GraphGPT(nn.Module):
         output)."""
         return self.hidden(input_ids, attention_mask, graph_bias)[:, -1]
 
-    def item_scores(self, user_vec: torch.Tensor) -> torch.Tensor:
-        return user_vec @ self.item_emb.weight.T
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, graph_bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(user vector [B, D], copy scores [B, L] or None): everything a prompt contributes to its scores.
+        The copy scores cover every item position; callers drop the history's (:func:`history_positions`)."""
+        h = self.hidden(input_ids, attention_mask, graph_bias)
+        return h[:, -1], self.copy_scores(h, input_ids, attention_mask, graph_bias)
+
+    def copy_scores(
+        self,
+        h: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        graph_bias: torch.Tensor,
+        exclude: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """[B, L] non-negative pointer scores, softplus(q(h_last) · k(h_p) / sqrt(d) + w · s_p + b), at the
+        prompt's item positions (0 elsewhere); s_p = graph_bias[-1, p], the candidate strength the prompt
+        builder puts in the last bias row (0 without it). The item a position names gets its score added
+        to the inner product (:meth:`item_scores`): an exact item-to-item memory for the prompt's
+        candidates, which the 128-d dot product blurs. Non-negative, so an index's top-k of the inner
+        product, merged with the prompt's items re-scored, is still the exact top-k.
+
+        ``exclude`` [B, L] (bool) zeroes positions: training passes the user's visible history there, so the
+        pointer learns to pick among the *candidates* (two-hop items), not to copy the history, which is
+        never recommended (without it the loss fell ~10 nats by copying history and validation got worse).
+        Callers ignore the history positions' scores in the same way (``copy_exclude``)."""
+        if self.cfg.copy_dim <= 0:
+            return None
+        c = self.cfg
+        q = self.copy_q(h[:, -1]).unsqueeze(1)  # [B, 1, C]
+        w, b = self.copy_wb[0], self.copy_wb[1]
+        raw = (q * self.copy_k(h)).sum(-1) / c.copy_dim**0.5 + w * graph_bias[:, -1].to(h.dtype) + b
+        is_item = (input_ids >= c.n_words + c.n_users) & (attention_mask > 0)
+        if exclude is not None:
+            is_item = is_item & ~exclude
+        return torch.where(is_item, F.softplus(raw), torch.zeros_like(raw))
+
+    def prompt_items(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] item index of each position (clamped to 0 where the token is not an item: its copy score
+        is 0 there, so adding it changes nothing)."""
+        c = self.cfg
+        return (input_ids - c.n_words - c.n_users).clamp(0, c.n_items - 1)
+
+    def history_positions(self, input_ids: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """[B, L] bool: positions naming an item of ``history`` ([B, I] multi-hot of each user's history)."""
+        return history.gather(1, self.prompt_items(input_ids)) > 0
+
+    def item_scores(
+        self,
+        user_vec: torch.Tensor,
+        copy: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[B, I] = user vector · item table, plus the copy scores of the prompt's items when given."""
+        scores = user_vec @ self.item_emb.weight.T
+        if copy is not None:
+            scores = scores.scatter_add(1, self.prompt_items(input_ids), copy.to(scores.dtype))
+        return scores
+
+    def copy_parameters(self) -> list[nn.Parameter]:
+        """The copy head's parameters (fine-tuning gives them their own, higher learning rate)."""
+        if self.cfg.copy_dim <= 0:
+            return []
+        return [*self.copy_q.parameters(), *self.copy_k.parameters(), self.copy_wb]
 
     def head_weight(self, head: str, content: bool = False) -> torch.Tensor:
         if head == "word":
@@ -244,6 +313,7 @@ class GraphGPT(nn.Module):
         graph_bias: torch.Tensor,
         *,
         targets: torch.Tensor | None = None,
+        copy_exclude: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         head: str = "item",
         content: bool = False,
@@ -253,6 +323,7 @@ class GraphGPT(nn.Module):
 
         * ``targets`` [B, I] (multi-hot weights): multinomial loss of the last position over all items,
           ``-Σ_j t_j log softmax(s)_j``, summed over targets and averaged over the batch (fine-tuning);
+          ``copy_exclude`` [B, L] marks the prompt positions whose copy score is dropped (the history);
         * ``labels`` [B, L] (head-local indices, -100 elsewhere): next-token cross-entropy over ``head``'s
         vocabulary
           at the labelled positions (pre-training);
@@ -264,7 +335,8 @@ class GraphGPT(nn.Module):
         out: dict[str, torch.Tensor] = {}
         loss = h.new_zeros(())
         if targets is not None:
-            logp = F.log_softmax(self.item_scores(h[:, -1]).float(), dim=-1)
+            copy = self.copy_scores(h, input_ids, attention_mask, graph_bias, copy_exclude)
+            logp = F.log_softmax(self.item_scores(h[:, -1], copy, input_ids).float(), dim=-1)
             out["rec"] = -(logp * targets).sum(-1).mean()
             loss = loss + out["rec"]
         if labels is not None:
