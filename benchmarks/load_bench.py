@@ -144,7 +144,7 @@ def naive_app():
     from graphprompt.tokenizer import RecTokenizer
 
     folder = Path(os.environ["NAIVE_VERSION_DIR"])
-    cfg = PromptConfig.from_dict(json.loads((folder / "prompt_config.json").read_text()))
+    cfg = PromptConfig.load(folder / "prompt_config.json")
     graph = BipartiteGraph.load(folder / "graph")
     builder = PromptBuilder(RecTokenizer.load(folder, counts=cfg.tokenizer), graph, cfg)
     encoder = TorchEncoder(folder, device="cpu")

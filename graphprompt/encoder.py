@@ -8,8 +8,8 @@ the output of ``PromptBuilder.collate``::
     attention_mask  int64   [B, L]   1 for real tokens, 0 for padding
     graph_bias      float32 [B, L, L]
 
-and return ``user_vector`` float32 ``[B, D]``; ``scores = item_embeddings @ user_vector``. A model trained
-with a copy head (``copy_dim > 0``) has a second output, ``copy_scores`` float32 ``[B, L]``: a non-negative
+and return ``user_vector`` float32 ``[B, D]``; ``scores = item_embeddings @ user_vector``. A model with a
+copy head or the candidate prior has a second output, ``copy_scores`` float32 ``[B, L]``: a non-negative
 score per prompt position, added to the score of the item that position names (:func:`copy_boosts` turns it
 into per-user (items, boosts) for ``Ranker.search``; the history's positions are dropped, as in training).
 
@@ -235,7 +235,7 @@ class TorchEncoder:
 
     @property
     def has_copy(self) -> bool:
-        return self.model.cfg.copy_dim > 0
+        return self.model.has_copy
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray, graph_bias: np.ndarray) -> np.ndarray:
         return self.encode_full(input_ids, attention_mask, graph_bias)[0]

@@ -78,10 +78,8 @@ class PromptConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PromptConfig:
+        """Fields missing from ``d`` take today's defaults (a partial override, as TrainConfig.prompt)."""
         d = dict(d)
-        # files written before two_hop_norm existed ranked two-hop items by raw counts: keep them as trained
-        d.setdefault("two_hop_norm", 0.0)
-        d.setdefault("candidate_strength", 0.0)  # nor did files written before candidate_strength
         bias = BiasConfig(**d.pop("bias", {}))
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
@@ -95,8 +93,17 @@ class PromptConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
+    def from_saved(cls, d: dict) -> PromptConfig:
+        """A saved ``prompt_config.json``: a field it lacks was added after it was written, so it takes the
+        value that reproduces how that model was trained, not today's default."""
+        d = dict(d)
+        d.setdefault("two_hop_norm", 0.0)  # two-hop items were ranked by raw counts before the option
+        d.setdefault("candidate_strength", 0.0)  # and had no strength row
+        return cls.from_dict(d)
+
+    @classmethod
     def load(cls, path: str | Path) -> PromptConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_saved(json.loads(Path(path).read_text()))
 
 
 @dataclass

@@ -119,7 +119,7 @@ def load_serving_model(settings: Settings, version: str | None = None) -> Servin
     m = handle.manifest
 
     graph = BipartiteGraph.load(handle.path / "graph")
-    cfg = PromptConfig.from_dict(handle.load_json("prompt_config.json"))
+    cfg = PromptConfig.from_saved(handle.load_json("prompt_config.json"))
     handle.file("tokenizer.json")
     tok = RecTokenizer.load(handle.path, counts=cfg.tokenizer)
     builder = PromptBuilder(tok, graph, cfg)

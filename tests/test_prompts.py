@@ -86,7 +86,10 @@ def test_builder_neighbourhood_follows_the_prompt_config(builder: PromptBuilder)
     assert PromptConfig.from_dict(cfg.to_dict()).two_hop_norm == 0.5
     old = cfg.to_dict()
     del old["two_hop_norm"]  # a prompt_config.json from before the option: raw counts, as it was trained
-    assert PromptConfig.from_dict(old).two_hop_norm == 0.0
+    assert PromptConfig.from_saved(old).two_hop_norm == 0.0
+    # a partial override (TrainConfig.prompt) takes today's defaults: the legacy values are for saved files
+    # only (they once leaked into every training run, which then ranked two-hop items by raw counts)
+    assert PromptConfig.from_dict({"n_two_hop_items": 5}).two_hop_norm == PromptConfig().two_hop_norm == 0.5
 
 
 def test_removed_edges_change_the_bias(builder: PromptBuilder) -> None:
@@ -226,4 +229,4 @@ def test_candidate_strength_fills_the_last_bias_row(builder: PromptBuilder) -> N
         assert set(np.unique(b)) <= {0.0, 1.0}
     old = cfg.to_dict()
     del old["candidate_strength"]  # a prompt_config.json from before the option: no strength row
-    assert PromptConfig.from_dict(old).candidate_strength == 0.0
+    assert PromptConfig.from_saved(old).candidate_strength == 0.0

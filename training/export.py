@@ -151,7 +151,7 @@ def user_vector_module(model):
             self.m = m
 
         def forward(self, input_ids, attention_mask, graph_bias):
-            if self.m.cfg.copy_dim > 0:
+            if self.m.has_copy:
                 return self.m.encode(input_ids, attention_mask, graph_bias)
             return self.m.user_vector(input_ids, attention_mask, graph_bias)
 
@@ -190,7 +190,7 @@ def export_onnx(model, path: Path, sample: tuple[np.ndarray, np.ndarray, np.ndar
 
     module = user_vector_module(model)
     args = tuple(torch.from_numpy(a) for a in sample)
-    outputs = [OUTPUT_NAME, COPY_OUTPUT_NAME] if model.cfg.copy_dim > 0 else [OUTPUT_NAME]
+    outputs = [OUTPUT_NAME, COPY_OUTPUT_NAME] if model.has_copy else [OUTPUT_NAME]
     names = {"input_names": list(INPUT_NAMES), "output_names": outputs}
     with warnings.catch_warnings(), torch.no_grad(), _quiet_logger("torch.onnx"):
         warnings.simplefilter("ignore")  # the exporters are chatty (deprecations, dim renames)

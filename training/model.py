@@ -89,6 +89,9 @@ class ModelConfig:
     bias_layers: list[int] | None = None  # layers that see the bias (None = all)
     content_tables: bool = True  # separate id tables for content pre-training
     copy_dim: int = 0  # > 0: a pointer ("copy") score for the items the prompt names, query/key of this size
+    # the candidate prior: prior_beta * sigma(h) * s_p for the prompt's candidates, s_p their strength (the
+    # last bias row), sigma(h) the spread of the user's item scores; prior_beta is fitted on validation
+    candidate_prior: bool = False
     base_model: str | None = None  # local HF GPT-2 folder the body and word table came from, if any
     extra: dict = field(default_factory=dict)
 
@@ -139,6 +142,10 @@ class GraphGPT(nn.Module):
             self.copy_k = nn.Linear(d, cfg.copy_dim)
             # weight of the candidate strength (the last bias row) and an offset; softplus(-1) ~ 0.31
             self.copy_wb = nn.Parameter(torch.tensor([1.0, -1.0]))
+        if cfg.candidate_prior:
+            # set by set_prior after fine-tuning (0 until then: training never sees the prior)
+            self.register_buffer("prior_beta", torch.zeros(()))
+            self.register_buffer("item_cov", torch.zeros(d, d))
         layers = torch.zeros(cfg.n_layer)
         layers[cfg.bias_layers if cfg.bias_layers is not None else slice(None)] = 1.0
         self.register_buffer("bias_layer_on", layers, persistent=False)
@@ -257,16 +264,44 @@ class GraphGPT(nn.Module):
         pointer learns to pick among the *candidates* (two-hop items), not to copy the history, which is
         never recommended (without it the loss fell ~10 nats by copying history and validation got worse).
         Callers ignore the history positions' scores in the same way (``copy_exclude``)."""
-        if self.cfg.copy_dim <= 0:
+        if not self.has_copy:
             return None
         c = self.cfg
-        q = self.copy_q(h[:, -1]).unsqueeze(1)  # [B, 1, C]
-        w, b = self.copy_wb[0], self.copy_wb[1]
-        raw = (q * self.copy_k(h)).sum(-1) / c.copy_dim**0.5 + w * graph_bias[:, -1].to(h.dtype) + b
+        strength = graph_bias[:, -1].to(h.dtype)  # [B, L]: the candidates' strengths, 0 elsewhere
+        raw = torch.zeros_like(strength)
+        if c.copy_dim > 0:
+            q = self.copy_q(h[:, -1]).unsqueeze(1)  # [B, 1, C]
+            w, b = self.copy_wb[0], self.copy_wb[1]
+            raw = F.softplus((q * self.copy_k(h)).sum(-1) / c.copy_dim**0.5 + w * strength + b)
+        if c.candidate_prior:
+            raw = raw + self.prior_beta * self.score_spread(h[:, -1]).unsqueeze(1) * strength
         is_item = (input_ids >= c.n_words + c.n_users) & (attention_mask > 0)
         if exclude is not None:
             is_item = is_item & ~exclude
-        return torch.where(is_item, F.softplus(raw), torch.zeros_like(raw))
+        return torch.where(is_item, raw, torch.zeros_like(raw))
+
+    @property
+    def has_copy(self) -> bool:
+        """Whether :meth:`encode` returns copy scores (a pointer head, the candidate prior, or both)."""
+        return self.cfg.copy_dim > 0 or self.cfg.candidate_prior
+
+    def score_spread(self, user_vec: torch.Tensor) -> torch.Tensor:
+        """[B]: the standard deviation over all items of ``user_vec · E_item``, sqrt(hᵀ Cov(E) h), exact
+        and O(D²) per user, so the prior is in units of the user's own score spread (no item loop)."""
+        var = ((user_vec @ self.item_cov.to(user_vec.dtype)) * user_vec).sum(-1)
+        return var.clamp(min=0).sqrt()
+
+    @torch.no_grad()
+    def set_prior(self, beta: float) -> None:
+        """Freeze the item-score covariance of the current item table and set the prior's weight."""
+        if not self.cfg.candidate_prior:
+            raise ValueError("this model has no candidate prior (ModelConfig.candidate_prior is False)")
+        if beta < 0:
+            raise ValueError(f"the prior weight must be >= 0 (boosts stay non-negative), got {beta}")
+        e = self.item_emb.weight.double()
+        e = e - e.mean(0, keepdim=True)
+        self.item_cov.copy_((e.T @ e / len(e)).to(self.item_cov.dtype))
+        self.prior_beta.fill_(float(beta))
 
     def prompt_items(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[B, L] item index of each position (clamped to 0 where the token is not an item: its copy score

@@ -59,6 +59,9 @@ class TrainConfig:
     learn_bias_scale: bool = False
     copy_dim: int = 0  # > 0: pointer scores for the prompt's items (GraphGPT.copy_scores); 0 = none
     copy_lr: float = 1e-3  # the copy head is new at fine-tuning and small: at lr 1e-4 its scalars barely move
+    # the candidate prior (GraphGPT.set_prior): its weight is picked on validation after fine-tuning
+    candidate_prior: bool = False
+    prior_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
     # prompts (PromptConfig fields) and graph bias
     prompt: dict = field(default_factory=dict)
     bias: dict = field(default_factory=dict)  # BiasConfig fields: enabled, mode, max_hops, c
@@ -138,7 +141,7 @@ def build_run(
         if getattr(cfg, k) is not None:
             setattr(mcfg, k, getattr(cfg, k))
     mcfg.bias_scale, mcfg.learn_bias_scale = cfg.bias_scale, cfg.learn_bias_scale
-    mcfg.copy_dim = cfg.copy_dim
+    mcfg.copy_dim, mcfg.candidate_prior = cfg.copy_dim, cfg.candidate_prior
     mcfg.n_positions = max(mcfg.n_positions, _max_prompt_len(pcfg))
     model = GraphGPT.from_gpt2(cfg.base_model, mcfg) if cfg.base_model else GraphGPT(mcfg)
     if cfg.svd_init:
@@ -395,7 +398,7 @@ def finetune(run: Run, quiet: bool = False) -> dict:
             ids, mask, bias = to_tensors(PromptBuilder.collate([prompts[k] for k in mine]), d.device)
             tgt = targets_matrix([targets[k] for k in mine], m.cfg.n_items, d.device)
             hist = None
-            if m.cfg.copy_dim > 0:
+            if m.cfg.copy_dim > 0:  # the pointer must not learn to copy the history
                 seen_t = targets_matrix([seen[k] for k in mine], m.cfg.n_items, d.device)
                 hist = m.history_positions(ids, seen_t)
             with loop.autocast(d.device, cfg.precision):
@@ -484,8 +487,26 @@ def test(run: Run) -> dict:
     _load_weights(m, best)
     fdata = run.predictive or PredictiveData(run.builder, run.graph, cfg.seed, cfg.target_frac, 1)
     state = json.loads((run.dir / "finetune" / "ckpt" / "state.json").read_text())
-    full_valid = evaluate(lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch), run.data, "valid")
-    test_m = evaluate(lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch), run.data, "test")
+
+    def score(split: str, users: np.ndarray | None = None) -> dict:
+        return evaluate(
+            lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch), run.data, split, users=users
+        )
+
+    prior = None
+    if m.cfg.candidate_prior:
+        # the prior's weight: the best selection score over the grid on the validation users fine-tuning
+        # selected on (the test split is never looked at); the weight-0 row is the model alone
+        grid = {}
+        for beta in cfg.prior_grid:
+            m.set_prior(beta)
+            grid[beta] = score("valid", _valid_users(run))
+        beta = max(grid, key=lambda b: selection_score(grid[b]))
+        m.set_prior(0.0)
+        prior = {"beta": beta, "grid": {str(b): v for b, v in grid.items()}, "test_without": score("test")}
+        m.set_prior(beta)
+    full_valid = score("valid")
+    test_m = score("test")
     epochs = [r for r in run.log.records() if r.get("event") == "epoch"]
     ft = [r for r in epochs if r["stage"] == "finetune"]
     metrics = {
@@ -495,6 +516,7 @@ def test(run: Run) -> dict:
         "valid": full_valid,
         "test": test_m,
         "best_epoch": state["best_epoch"],
+        "prior": prior,
         "dataset": run.data.name,
         "fingerprint": run.data.fingerprint,
         "seed": cfg.seed,
