@@ -54,8 +54,11 @@ def trained(tmp_path_factory):
         # copy head with candidate strengths, so the encoder has its second output
         prompt={"max_history": 30, "n_co_users": 5, "n_two_hop_items": 5, "candidate_strength": 1.0},
         copy_dim=8,
+        candidate_prior=True,
+        prior_grid=(1.0,),  # one weight, so the exported encoder surely carries a non-zero prior
     )
     metrics = train(cfg, quiet=True)
+    assert metrics["prior"]["beta"] == 1.0 and set(metrics["prior"]["test_without"]) >= {"recall@20"}
     assert metrics is not None
     version = export_run(root / "run", root / "version", int8=True)
     return ds, root / "run", version, metrics

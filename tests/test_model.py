@@ -227,3 +227,24 @@ def test_copy_head_scores_only_the_prompts_items() -> None:
     out["loss"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.copy_parameters())
     assert _model().copy_parameters() == [] and _model().encode(ids, mask, bias)[1] is None
+
+
+def test_candidate_prior_adds_strength_times_score_spread() -> None:
+    """prior = beta * std_items(h · E) * s_p at the positions with a strength s_p (the last bias row)."""
+    m = _model(candidate_prior=True)
+    ids, mask, bias = _batch()
+    bias[:, -1] = 0.0
+    is_item = (ids >= V + U) & (mask > 0)
+    strength = torch.rand(ids.shape, generator=torch.Generator().manual_seed(1)) * is_item
+    bias[:, -1] = strength
+    vec, copy = m.encode(ids, mask, bias)
+    assert (copy == 0).all()  # weight 0 until set_prior: training never sees the prior
+    m.set_prior(1.5)
+    vec, copy = m.encode(ids, mask, bias)
+    spread = (vec @ m.item_emb.weight.T).double().std(dim=1, unbiased=False)
+    assert torch.allclose(m.score_spread(vec).double(), spread, rtol=1e-4)
+    assert torch.allclose(copy.double(), 1.5 * spread[:, None] * strength.double(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match=">= 0"):
+        m.set_prior(-1.0)
+    with pytest.raises(ValueError, match="no candidate prior"):
+        _model().set_prior(1.0)

@@ -289,7 +289,8 @@ class GraphGPT(nn.Module):
         """[B]: the standard deviation over all items of ``user_vec · E_item``, sqrt(hᵀ Cov(E) h), exact
         and O(D²) per user, so the prior is in units of the user's own score spread (no item loop)."""
         var = ((user_vec @ self.item_cov.to(user_vec.dtype)) * user_vec).sum(-1)
-        return var.clamp(min=0).sqrt()
+        # + eps: sqrt'(0) is infinite, and 0 * inf would turn the (zero-weight) prior's gradient into NaN
+        return (var.clamp(min=0) + 1e-12).sqrt()
 
     @torch.no_grad()
     def set_prior(self, beta: float) -> None:
