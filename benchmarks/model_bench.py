@@ -108,6 +108,12 @@ def summarise(runs: list[dict]) -> dict:
     for k in ("train_seconds", "finetune_tokens_per_s", "peak_rss_mb", "best_epoch"):
         vals = [r[k] for r in runs if r.get(k) is not None]
         out[k] = float(np.mean(vals)) if vals else None
+    priors = [r["prior"] for r in runs if r.get("prior")]
+    if priors and len(priors) == len(runs):  # the same runs scored without the candidate prior
+        vals = {k: [p["test_without"][k] for p in priors] for k in METRICS}
+        out["test_without_prior"] = {k: float(np.mean(v)) for k, v in vals.items()}
+        out["test_without_prior_std"] = {k: float(np.std(v)) for k, v in vals.items()}
+        out["prior_betas"] = [p["beta"] for p in priors]
     return out
 
 
@@ -134,6 +140,13 @@ def write_markdown(result: dict, path: Path) -> None:
             f"{s['best_epoch']:.1f} | {s['train_seconds']:.0f} | {s['finetune_tokens_per_s'] or 0:.0f} | "
             f"{s['peak_rss_mb']:.0f} |"
         )
+        if "test_without_prior" in s:
+            t, sd = s["test_without_prior"], s["test_without_prior_std"]
+            cells = [f"{t[k]:.4f} ± {sd[k]:.4f}" for k in METRICS]
+            betas = ", ".join(f"{b:g}" for b in s["prior_betas"])
+            lines.append(
+                f"| ↳ same runs, prior off (fitted weights {betas}) | {' | '.join(cells)} | | | | | |"
+            )
     for b in result["baselines"]:
         t = b["test"]
         lines.append(

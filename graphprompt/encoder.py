@@ -8,10 +8,10 @@ the output of ``PromptBuilder.collate``::
     attention_mask  int64   [B, L]   1 for real tokens, 0 for padding
     graph_bias      float32 [B, L, L]
 
-and return ``user_vector`` float32 ``[B, D]``; ``scores = item_embeddings @ user_vector``. A model with a
-copy head or the candidate prior has a second output, ``copy_scores`` float32 ``[B, L]``: a non-negative
-score per prompt position, added to the score of the item that position names (:func:`copy_boosts` turns it
-into per-user (items, boosts) for ``Ranker.search``; the history's positions are dropped, as in training).
+and return ``user_vector`` float32 ``[B, D]``; ``scores = item_embeddings @ user_vector``. A model with the
+candidate prior has a second output, ``candidate_scores`` float32 ``[B, L]``: a non-negative score per prompt
+position, added to the score of the item that position names (:func:`candidate_boosts` turns it into per-user
+(items, boosts) for ``Ranker.search``; the history is never boosted).
 
 Training and serving both import this module, so it must not import torch, transformers or training at module
 level: :class:`TorchEncoder` imports them lazily, only when a version has no ONNX encoder (or a caller asks
@@ -34,7 +34,7 @@ TORCH_WEIGHTS_FILE = "encoder.safetensors"
 MODEL_CONFIG_FILE = "model_config.json"
 INPUT_NAMES = ("input_ids", "attention_mask", "graph_bias")
 OUTPUT_NAME = "user_vector"
-COPY_OUTPUT_NAME = "copy_scores"
+CANDIDATE_OUTPUT_NAME = "candidate_scores"
 Boost = tuple[np.ndarray, np.ndarray]  # (item indices int64, score boosts float32) of one user
 
 
@@ -49,7 +49,7 @@ class Encoder(Protocol):
     def providers(self) -> list[str]: ...
 
     @property
-    def has_copy(self) -> bool: ...
+    def has_candidates(self) -> bool: ...
 
     def encode(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, graph_bias: np.ndarray
@@ -60,21 +60,21 @@ class Encoder(Protocol):
     ) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
-def copy_boosts(
+def candidate_boosts(
     input_ids: np.ndarray,
-    copy: np.ndarray | None,
+    scores: np.ndarray | None,
     item_offset: int,
     history: Sequence[np.ndarray] | None = None,
 ) -> list[Boost] | None:
-    """Per prompt row: (items, boosts) for the item tokens with a positive copy score, minus that row's
-    ``history`` (the model was trained to point at candidates, never at the history). None without copy."""
-    if copy is None:
+    """Per prompt row: (items, boosts) for the item tokens with a positive candidate score, minus that row's
+    ``history`` (a recommendation never boosts what the user already has). None without candidate scores."""
+    if scores is None:
         return None
     out = []
     for r in range(len(input_ids)):
-        keep = (input_ids[r] >= item_offset) & (copy[r] > 0)
+        keep = (input_ids[r] >= item_offset) & (scores[r] > 0)
         items = input_ids[r, keep].astype(np.int64) - item_offset
-        boost = copy[r, keep].astype(np.float32)
+        boost = scores[r, keep].astype(np.float32)
         if history is not None and len(history[r]):
             fresh = ~np.isin(items, history[r])
             items, boost = items[fresh], boost[fresh]
@@ -160,8 +160,10 @@ class OnnxEncoder:
         if out.name != OUTPUT_NAME or not isinstance(out.shape[-1], int):
             raise ValueError(f"{self.path}: output {out.name} {out.shape} is not {OUTPUT_NAME} [B, D]")
         extra = [o.name for o in outs[1:]]
-        if extra not in ([], [COPY_OUTPUT_NAME]):
-            raise ValueError(f"{self.path}: unexpected outputs {extra} (only {COPY_OUTPUT_NAME} may follow)")
+        if extra not in ([], [CANDIDATE_OUTPUT_NAME]):
+            raise ValueError(
+                f"{self.path}: unexpected outputs {extra} (only {CANDIDATE_OUTPUT_NAME} may follow)"
+            )
         self._outputs = [OUTPUT_NAME, *extra]
         self._dim = int(out.shape[-1])
         meta = self._session.get_modelmeta().custom_metadata_map
@@ -178,7 +180,7 @@ class OnnxEncoder:
         return list(self._session.get_providers())
 
     @property
-    def has_copy(self) -> bool:
+    def has_candidates(self) -> bool:
         return len(self._outputs) > 1
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray, graph_bias: np.ndarray) -> np.ndarray:
@@ -187,7 +189,7 @@ class OnnxEncoder:
     def encode_full(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, graph_bias: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(user vectors [B, D], copy scores [B, L] or None when the model has no copy head)."""
+        """(user vectors [B, D], candidate scores [B, L] or None when the model has no candidate prior)."""
         ids, mask, bias = check_inputs(
             input_ids, attention_mask, graph_bias, self.vocab_size, self.max_length
         )
@@ -234,8 +236,8 @@ class TorchEncoder:
         return [f"torch:{self.device}"]
 
     @property
-    def has_copy(self) -> bool:
-        return self.model.has_copy
+    def has_candidates(self) -> bool:
+        return self.model.cfg.candidate_prior
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray, graph_bias: np.ndarray) -> np.ndarray:
         return self.encode_full(input_ids, attention_mask, graph_bias)[0]
@@ -247,8 +249,8 @@ class TorchEncoder:
         torch = self._torch
         with torch.inference_mode():
             ids, mask, bias = (torch.from_numpy(a).to(self.device) for a in arrays)
-            vec, copy = self.model.encode(ids, mask, bias)
-            return vec.float().cpu().numpy(), (None if copy is None else copy.float().cpu().numpy())
+            vec, cand = self.model.encode(ids, mask, bias)
+            return vec.float().cpu().numpy(), (None if cand is None else cand.float().cpu().numpy())
 
     def __repr__(self) -> str:
         return f"TorchEncoder(dim={self.dim}, device={self.device})"

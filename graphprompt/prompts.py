@@ -57,14 +57,14 @@ class PromptConfig:
 
     max_history: int = 50  # history items in a predictive prompt (the last ones of the given order)
     n_co_users: int = 10  # second-order users in a predictive prompt (0 = none)
-    n_two_hop_items: int = 30  # two-hop items in a predictive prompt (0 = none)
+    n_two_hop_items: int = 50  # two-hop items in a predictive prompt (0 = none); the candidates
     # rank two-hop items by co-occurrence / degree**a (0 = raw counts, popular first); 30 items at a = 0.5
     # beat 10 raw ones on office validation (benchmarks/results/sweep-amazon-office.md)
     two_hop_norm: float = 0.5
     # > 0: the predicting (last) position's bias row holds candidate_strength * w / max(w) at the two-hop
     # items, w their ranking score above, so the position that scores the items sees how strongly each
     # candidate ties to the user's history (hop distances alone say only "3 hops"); 0 = no such row
-    candidate_strength: float = 0.0
+    candidate_strength: float = 1.0
     use_user_token: bool = True  # put user_<u> in prompts (False: the anonymous/cold-start form everywhere)
     group_size: int = 10  # items per second-order group prompt; bigger groups are split
     max_text_tokens: int = 48  # cap on the main part of a content prompt

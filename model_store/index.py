@@ -301,10 +301,11 @@ class Ranker:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64 [B, k], scores float32 [B, k]) best first, excluded items never returned.
 
-        ``boosts`` (one per user, or None) = (items, non-negative boosts) added to those items' inner-product
-        scores: a copy head's scores for the items its prompt names (graphprompt.encoder.copy_boosts). The
-        index's top-k merged with the boosted items, re-scored exactly, is the exact top-k of the boosted
-        scores (an item outside both scores at most the k-th index score, which a boost only raises)."""
+        ``boosts`` (one per user, or None) = (items, non-negative boosts) added to those items'
+        inner-product scores: the candidate prior of the items a prompt names (``candidate_boosts`` in
+        graphprompt.encoder). The index's top-k merged with the boosted items, re-scored exactly, is the exact
+        top-k of the boosted scores (an item outside both scores at most the k-th index score, which a boost
+        only raises)."""
         ids_out, scores_out = self._search(user_vectors, k, exclude)
         if boosts is not None:
             if len(boosts) != len(ids_out):

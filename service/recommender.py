@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphprompt.encoder import Boost, copy_boosts
+from graphprompt.encoder import Boost, candidate_boosts
 from graphprompt.graph import Neighbourhood
 from graphprompt.prompts import EncodedPrompt, PromptBuilder
 from service.batcher import MicroBatcher
@@ -65,21 +65,21 @@ class Recommendation:
 
 @dataclass
 class _Job:
-    """One micro-batch job: a prompt to encode, or a cached user vector (and copy boosts) to search with."""
+    """One micro-batch job: a prompt to encode, or a cached user vector (and its boosts) to search with."""
 
     prompt: EncodedPrompt | None
     vector: np.ndarray | None
     boost: Boost | None
     k: int
     exclude: np.ndarray
-    history: np.ndarray  # the prompt's history: its items get no copy boost (as in training)
+    history: np.ndarray  # the prompt's history: its items are never boosted
 
 
-# (item indices, scores) best first, then the user vector and copy boosts the ranking used
+# (item indices, scores) best first, then the user vector and candidate boosts the ranking used
 _Ranked = tuple[np.ndarray, np.ndarray, np.ndarray, Boost | None]
 
 
-# magic, packed neighbourhood length, distance nodes, vector dimension, copy-boosted items
+# magic, packed neighbourhood length, distance nodes, vector dimension, boosted candidate items
 _ENTRY = struct.Struct("<4sIIII")
 _ENTRY_MAGIC = b"NBD3"
 
@@ -96,7 +96,7 @@ class Entry:
     nbr: Neighbourhood | None = None
     distances: tuple[np.ndarray, np.ndarray] | None = None  # (sorted node ids, int8 [n, n] hop distances)
     vector: np.ndarray | None = None  # float32 [D]
-    boost: Boost | None = None  # the copy head's (items, boosts) that go with ``vector`` (copy models only)
+    boost: Boost | None = None  # the candidate prior's (items, boosts) that go with ``vector``
 
     def pack(self) -> bytes:
         nb = self.nbr.pack() if self.nbr is not None else b""
@@ -139,7 +139,7 @@ class Entry:
         vector = np.frombuffer(data, dtype="<f4", count=dim, offset=off).astype(np.float32) if dim else None
         off += 4 * dim
         boost = None
-        if vector is not None:  # a vector is stored with its boosts (none for a model without copy head)
+        if vector is not None:  # a vector is stored with its boosts (none for a model without the prior)
             items = np.frombuffer(data, dtype="<i4", count=n_boost, offset=off).astype(np.int64)
             vals = np.frombuffer(data, dtype="<f4", count=n_boost, offset=off + 4 * n_boost).astype(
                 np.float32
@@ -292,9 +292,9 @@ class Recommender:
         assert model.batcher is not None, "model was not attached to the recommender"
         vec = entry.vector if reuse_vector else None
         usable = vec is not None and vec.shape == (model.ranker.dim,)
-        if usable and (entry.boost is not None or not model.encoder.has_copy):
+        if usable and (entry.boost is not None or not model.encoder.has_candidates):
             self.metrics.encoder_skipped.inc()
-            job = _Job(None, vec, entry.boost if model.encoder.has_copy else None, k, exclude, history)
+            job = _Job(None, vec, entry.boost if model.encoder.has_candidates else None, k, exclude, history)
             ids, scores, _, _ = await model.batcher.submit(job)
             return ids, scores
 
@@ -357,8 +357,8 @@ class Recommender:
             for start in range(0, len(rows), step):
                 chunk = rows[start : start + step]
                 batch = PromptBuilder.collate([jobs[i].prompt for i in chunk])
-                vectors[chunk], copy = model.encoder.encode_full(*batch)
-                found = copy_boosts(batch[0], copy, offset, [jobs[i].history for i in chunk])
+                vectors[chunk], cand = model.encoder.encode_full(*batch)
+                found = candidate_boosts(batch[0], cand, offset, [jobs[i].history for i in chunk])
                 for i, b in zip(chunk, found or (), strict=False):
                     boosts[i] = b
             stage.labels("encode").observe(time.perf_counter() - t)

@@ -137,8 +137,8 @@ class TinyStore:
 
 
 def tiny_store() -> TinyStore:
-    """Two tiny real model versions (1 layer, 32-d, one fine-tuning epoch; the first with a copy head
-    and the candidate prior) on a
+    """Two tiny real model versions (1 layer, 32-d, one fine-tuning epoch; the first with the candidate
+    prior) on a
     slice of amazon-office, trained and exported through training/ once per test process (shared by every
     service test module)."""
     if "store" in _STORE:
@@ -169,9 +169,8 @@ def tiny_store() -> TinyStore:
             epochs=1,
             patience=1,
             prompt={"max_history": 30, "n_co_users": 5, "n_two_hop_items": 5, "candidate_strength": 1.0},
-            # version 0 has the copy head (encoder with two outputs, boosted search), version 1 has not:
+            # version 0 has the candidate prior (encoder with two outputs, boosted search), version 1 has not:
             # the service serves and hot-swaps both kinds
-            copy_dim=8 if seed == 0 else 0,
             candidate_prior=seed == 0,
             prior_grid=(2.0,),
         )

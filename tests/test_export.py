@@ -51,9 +51,8 @@ def trained(tmp_path_factory):
         epochs=3,
         patience=3,
         # a neighbourhood in the prompt, so the graph bias holds more than the token-type pattern, and the
-        # copy head with candidate strengths, so the encoder has its second output
+        # candidate prior, so the encoder has its second output
         prompt={"max_history": 30, "n_co_users": 5, "n_two_hop_items": 5, "candidate_strength": 1.0},
-        copy_dim=8,
         candidate_prior=True,
         prior_grid=(1.0,),  # one weight, so the exported encoder surely carries a non-zero prior
     )
@@ -131,7 +130,7 @@ def test_version_layout(trained) -> None:
     assert all(d.dim_param and not d.dim_value for t in ins.values() for d in t.shape.dim)  # dynamic B, L
     out = model.graph.output[0]
     assert out.name == "user_vector" and out.type.tensor_type.shape.dim[1].dim_value == cfg["n_embd"]
-    assert [o.name for o in model.graph.output[1:]] == ["copy_scores"] and cfg["copy_dim"] == 8
+    assert [o.name for o in model.graph.output[1:]] == ["candidate_scores"] and cfg["candidate_prior"]
 
 
 def test_onnx_matches_torch_on_real_prompts(trained) -> None:
@@ -161,16 +160,17 @@ def test_onnx_matches_torch_on_real_prompts(trained) -> None:
     batches = [PromptBuilder.collate(g) for g in groups]
     batches += [_left_pad(batches[2], 128), _left_pad(batches[5], 96)]  # long padded batches too
     seen = set()
-    assert onnx_enc.has_copy and torch_enc.has_copy
+    assert onnx_enc.has_candidates and torch_enc.has_candidates
     for batch in batches:
         with torch.no_grad():
-            ref, ref_copy = (t.numpy() for t in model.encode(*(torch.from_numpy(a) for a in batch)))
-        got, got_copy = onnx_enc.encode_full(*batch)
+            ref, ref_cand = (t.numpy() for t in model.encode(*(torch.from_numpy(a) for a in batch)))
+        got, got_cand = onnx_enc.encode_full(*batch)
         assert got.shape == ref.shape and got.dtype == np.float32
         assert np.abs(got - ref).max() <= 1e-4, batch[0].shape
-        assert got_copy.shape == batch[0].shape and np.abs(got_copy - ref_copy).max() <= 1e-4
-        vec, copy = torch_enc.encode_full(*batch)  # the torch fallback is the same model
-        assert np.abs(vec - ref).max() <= 1e-5 and np.abs(copy - ref_copy).max() <= 1e-5
+        assert got_cand.shape == batch[0].shape and np.abs(got_cand - ref_cand).max() <= 1e-4
+        assert (ref_cand > 0).any()  # the prior is on: real prompts have candidates with a strength
+        vec, cand = torch_enc.encode_full(*batch)  # the torch fallback is the same model
+        assert np.abs(vec - ref).max() <= 1e-5 and np.abs(cand - ref_cand).max() <= 1e-5
         seen.add(batch[0].shape)
     assert {b for b, _ in seen} == {1, 3, 16} and len({n for _, n in seen}) >= 5
     # padding changes nothing: a prompt alone and inside a padded batch give the same vector
@@ -183,7 +183,7 @@ def test_faiss_topk_equals_model_full_scoring(trained) -> None:
     """The exact index over the exported item table returns the model's own top-k, train items excluded."""
     import torch
 
-    from graphprompt.encoder import copy_boosts, load_encoder
+    from graphprompt.encoder import candidate_boosts, load_encoder
     from graphprompt.prompts import PromptBuilder
     from model_store.index import Ranker, load_index
     from training.metrics import mask_items, topk_items
@@ -194,17 +194,16 @@ def test_faiss_topk_equals_model_full_scoring(trained) -> None:
     batch = PromptBuilder.collate(prompts)
     train = ds.train[users]
     excl = [train.indices[train.indptr[r] : train.indptr[r + 1]] for r in range(len(users))]
-    with torch.no_grad():  # the training-side scores: inner product + copy scores of non-history items
+    with torch.no_grad():  # the training-side scores: inner product + the candidates' prior
         ids = torch.from_numpy(batch[0])
-        vec, copy = model.encode(ids, *(torch.from_numpy(a) for a in batch[1:]))
-        copy = copy.masked_fill(model.history_positions(ids, torch.from_numpy(train.toarray())), 0.0)
-        scores = model.item_scores(vec, copy, ids).numpy()
+        vec, cand = model.encode(ids, *(torch.from_numpy(a) for a in batch[1:]))
+        scores = model.item_scores(vec, cand, ids).numpy()
     expected = topk_items(mask_items(scores.copy(), train), 20)
 
     enc = load_encoder(version, providers=["CPUExecutionProvider"])
     ranker = Ranker(load_index(version, use_gpu=False), np.load(version / "item_embeddings.npy"))
     vectors, copies = enc.encode_full(*batch)
-    boosts = copy_boosts(batch[0], copies, model.cfg.n_words + model.cfg.n_users, excl)
+    boosts = candidate_boosts(batch[0], copies, model.cfg.n_words + model.cfg.n_users, excl)
     assert sum(len(b[0]) for b in boosts) > 0
     got, got_scores = ranker.search(vectors, 20, exclude=excl, boosts=boosts)
     mismatch = np.flatnonzero((got != expected).any(axis=1))

@@ -195,56 +195,29 @@ def test_config_validation() -> None:
     assert ModelConfig.preset("gpt2", n_words=5, n_users=1, n_items=1).n_layer == 12
 
 
-def test_copy_head_scores_only_the_prompts_items() -> None:
-    """Copy scores: >= 0, zero at words, padding and excluded positions; added to the named items' scores;
-    the candidate strength in the last bias row raises them; every copy parameter learns."""
-    m = _model(copy_dim=8)
-    ids, mask, bias = _batch()
-    vec, copy = m.encode(ids, mask, bias)
-    assert copy.shape == ids.shape and (copy >= 0).all()
-    is_item = (ids >= V + U) & (mask > 0)
-    assert (copy[~is_item] == 0).all() and (copy[is_item] > 0).all()
-    scores = m.item_scores(vec, copy, ids)
-    expected = m.item_scores(vec)
-    for r in range(len(ids)):
-        for p in torch.nonzero(is_item[r]).flatten():
-            expected[r, ids[r, p] - V - U] += copy[r, p]
-    assert torch.allclose(scores, expected, atol=1e-6)
-    # strength in the last bias row (the predicting position's) raises the copy score of that position
-    stronger = bias.clone()
-    stronger[:, -1] += 2.0 * is_item
-    h = m.hidden(ids, mask, bias)
-    raised = m.copy_scores(h, ids, mask, stronger)[is_item]
-    assert (raised > m.copy_scores(h, ids, mask, bias)[is_item]).all()
-    hist = torch.zeros(3, N_ITEMS)
-    hist[1, ids[1][is_item[1]][0] - V - U] = 1.0
-    excl = m.history_positions(ids, hist)
-    assert (
-        excl.sum() >= 1 and (m.copy_scores(m.hidden(ids, mask, bias), ids, mask, bias, excl)[excl] == 0).all()
-    )
-    m.train()
-    out = m(ids, mask, bias, targets=torch.ones(3, N_ITEMS), copy_exclude=excl)
-    out["loss"].backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.copy_parameters())
-    assert _model().copy_parameters() == [] and _model().encode(ids, mask, bias)[1] is None
-
-
 def test_candidate_prior_adds_strength_times_score_spread() -> None:
-    """prior = beta * std_items(h · E) * s_p at the positions with a strength s_p (the last bias row)."""
+    """prior = beta * std_items(h · E) * s_p at the item positions with a strength s_p (the last bias row),
+    zero at words and padding, added to the score of the item each position names."""
     m = _model(candidate_prior=True)
     ids, mask, bias = _batch()
-    bias[:, -1] = 0.0
     is_item = (ids >= V + U) & (mask > 0)
-    strength = torch.rand(ids.shape, generator=torch.Generator().manual_seed(1)) * is_item
-    bias[:, -1] = strength
-    vec, copy = m.encode(ids, mask, bias)
-    assert (copy == 0).all()  # weight 0 until set_prior: training never sees the prior
+    strength = torch.rand(ids.shape, generator=torch.Generator().manual_seed(1)) + 0.1
+    bias[:, -1] = strength  # words and padding get a strength too: the prior must still ignore them
+    vec, cand = m.encode(ids, mask, bias)
+    assert (cand == 0).all()  # weight 0 until set_prior: fine-tuning never sees the prior
     m.set_prior(1.5)
-    vec, copy = m.encode(ids, mask, bias)
+    vec, cand = m.encode(ids, mask, bias)
     spread = (vec @ m.item_emb.weight.T).double().std(dim=1, unbiased=False)
     assert torch.allclose(m.score_spread(vec).double(), spread, rtol=1e-4)
-    assert torch.allclose(copy.double(), 1.5 * spread[:, None] * strength.double(), rtol=1e-4, atol=1e-6)
+    want = torch.where(is_item, 1.5 * spread[:, None] * strength.double(), torch.zeros(()).double())
+    assert torch.allclose(cand.double(), want, rtol=1e-4, atol=1e-6) and (cand[is_item] > 0).all()
+    scores, expected = m.item_scores(vec, cand, ids), m.item_scores(vec)
+    for r in range(len(ids)):
+        for p in torch.nonzero(is_item[r]).flatten():
+            expected[r, ids[r, p] - V - U] += cand[r, p]
+    assert torch.allclose(scores, expected, atol=1e-5)
     with pytest.raises(ValueError, match=">= 0"):
         m.set_prior(-1.0)
     with pytest.raises(ValueError, match="no candidate prior"):
         _model().set_prior(1.0)
+    assert _model().encode(ids, mask, bias)[1] is None

@@ -210,7 +210,8 @@ def test_candidate_strength_fills_the_last_bias_row(builder: PromptBuilder) -> N
     nb = pb.neighbourhood(0)
     assert len(nb.two_hop_items) >= 1
     p = pb.predictive(0, g.user_items(0), nb)
-    plain = PromptBuilder(builder.tok, g, PromptConfig(max_history=10, n_co_users=2, n_two_hop_items=3))
+    no_row = PromptConfig(max_history=10, n_co_users=2, n_two_hop_items=3, candidate_strength=0.0)
+    plain = PromptBuilder(builder.tok, g, no_row)
     q = plain.predictive(0, g.user_items(0), nb)
     assert np.array_equal(p.input_ids, q.input_ids)
     diff = p.bias - q.bias

@@ -130,9 +130,9 @@ def test_batch(http, store):
     assert http.post("/recommend", json={"requests": []}).status_code == 422
 
 
-def test_answer_is_the_models_own_top_k_copy_scores_included(http, store):
+def test_answer_is_the_models_own_top_k_candidate_prior_included(http, store):
     """A known user's answer is what the version's torch model scores over every item itself (inner product
-    plus the copy scores of the prompt's non-history items, train items masked): index + boosts lose none."""
+    plus the candidate prior of the prompt's two-hop items, train items masked): index + boosts lose none."""
     import numpy as np
     import torch
 
@@ -142,7 +142,7 @@ def test_answer_is_the_models_own_top_k_copy_scores_included(http, store):
     settings = make_settings(store, store.root.parent / "own-top-k")
     model = load_serving_model(settings, store.versions[0])
     enc = TorchEncoder(ModelStore(store.root).open_version(store.versions[0]).path)
-    assert enc.has_copy and model.encoder.has_copy
+    assert enc.has_candidates and model.encoder.has_candidates
     boosted = 0
     for user in store.user_ids[20:26]:  # users no other test gives live history
         u = model.user_index[user]
@@ -151,19 +151,16 @@ def test_answer_is_the_models_own_top_k_copy_scores_included(http, store):
         batch = b.collate([b.predictive(u, hist, b.neighbourhood(u, hist))])
         with torch.no_grad():
             t = [torch.from_numpy(a) for a in batch]
-            vec, copy = enc.model.encode(*t)
-            seen = torch.zeros(1, model.n_items)
-            seen[0, torch.from_numpy(hist)] = 1.0
-            copy = copy.masked_fill(enc.model.history_positions(t[0], seen), 0.0)
-            scores = enc.model.item_scores(vec, copy, t[0])[0].numpy()
-        boosted += int((copy > 0).sum())
+            vec, cand = enc.model.encode(*t)
+            scores = enc.model.item_scores(vec, cand, t[0])[0].numpy()
+        boosted += int((cand > 0).sum())
         scores[hist] = -np.inf
         want = [model.item_ids[i] for i in np.argsort(-scores, kind="stable")[:10]]
         got = http.post(f"/recommend/{user}", json={"k": 10}).json()
         assert got["model_version"] == store.versions[0]
         assert [it["id"] for it in got["items"]] == want
         assert np.allclose([it["score"] for it in got["items"]], np.sort(scores)[::-1][:10], atol=1e-4)
-    assert boosted > 0  # the prompts had candidates for the copy head
+    assert boosted > 0  # the prompts had candidates, and the prior weight is not 0
 
 
 def metric(http: httpx.Client, name: str) -> float:

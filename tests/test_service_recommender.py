@@ -25,7 +25,7 @@ def test_entry_round_trip():
     assert back.nbr == nbr
     assert np.array_equal(back.distances[0], nodes) and np.array_equal(back.distances[1], dist)
     assert np.array_equal(back.vector, vec)
-    assert back.boost is not None and back.boost[0].size == 0  # a vector of a model without copy head
+    assert back.boost is not None and back.boost[0].size == 0  # a vector of a model without the prior
     empty = Entry.unpack(Entry().pack())
     assert empty.nbr is None and empty.distances is None and empty.vector is None and empty.boost is None
     boost = (np.array([9, 4]), np.array([0.5, 2.25], np.float32))

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from graphprompt.encoder import (
-    COPY_OUTPUT_NAME,
+    CANDIDATE_OUTPUT_NAME,
     INPUT_NAMES,
     MODEL_CONFIG_FILE,
     ONNX_FILE,
@@ -140,9 +140,9 @@ def load_run_dataset(run: Path, dataset: str | os.PathLike[str] | None = None):
 
 # ------------------------------------------------------------------------------------------------ ONNX
 def user_vector_module(model):
-    """The exported module: (input_ids, attention_mask, graph_bias) -> user_vector [B, D], plus copy_scores
-    [B, L] when the model has a copy head (torch imported lazily, so this module stays importable without
-    torch for the offline-evaluation helpers)."""
+    """The exported module: (input_ids, attention_mask, graph_bias) -> user_vector [B, D], plus
+    candidate_scores [B, L] when the model has the candidate prior (torch imported lazily, so this module
+    stays importable without torch for the offline-evaluation helpers)."""
     import torch
 
     class UserVector(torch.nn.Module):
@@ -151,7 +151,7 @@ def user_vector_module(model):
             self.m = m
 
         def forward(self, input_ids, attention_mask, graph_bias):
-            if self.m.has_copy:
+            if self.m.cfg.candidate_prior:
                 return self.m.encode(input_ids, attention_mask, graph_bias)
             return self.m.user_vector(input_ids, attention_mask, graph_bias)
 
@@ -190,7 +190,7 @@ def export_onnx(model, path: Path, sample: tuple[np.ndarray, np.ndarray, np.ndar
 
     module = user_vector_module(model)
     args = tuple(torch.from_numpy(a) for a in sample)
-    outputs = [OUTPUT_NAME, COPY_OUTPUT_NAME] if model.has_copy else [OUTPUT_NAME]
+    outputs = [OUTPUT_NAME, CANDIDATE_OUTPUT_NAME] if model.cfg.candidate_prior else [OUTPUT_NAME]
     names = {"input_names": list(INPUT_NAMES), "output_names": outputs}
     with warnings.catch_warnings(), torch.no_grad(), _quiet_logger("torch.onnx"):
         warnings.simplefilter("ignore")  # the exporters are chatty (deprecations, dim renames)
@@ -211,7 +211,7 @@ def export_onnx(model, path: Path, sample: tuple[np.ndarray, np.ndarray, np.ndar
             axes = {n: {0: "batch", 1: "length"} for n in INPUT_NAMES[:2]}
             axes["graph_bias"] = {0: "batch", 1: "length", 2: "length"}
             axes[OUTPUT_NAME] = {0: "batch"}
-            axes[COPY_OUTPUT_NAME] = {0: "batch", 1: "length"}
+            axes[CANDIDATE_OUTPUT_NAME] = {0: "batch", 1: "length"}
             torch.onnx.export(
                 module, args, str(path), dynamo=False, opset_version=17, dynamic_axes=axes, **names
             )
@@ -257,19 +257,19 @@ def _stamp_metadata(path: Path, cfg) -> None:
 
 
 def torch_vectors(model, batch: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    """The user vectors, and the copy scores after them along the last axis when the model has a copy head
+    """The user vectors, and the candidate scores after them along the last axis when the model has them
     (what :func:`encoder_outputs` returns for an encoder, so one max-difference covers both outputs)."""
     import torch
 
     with torch.no_grad():
-        vec, copy = model.encode(*(torch.from_numpy(a) for a in batch))
-        parts = [vec] if copy is None else [vec, copy]
+        vec, cand = model.encode(*(torch.from_numpy(a) for a in batch))
+        parts = [vec] if cand is None else [vec, cand]
         return torch.cat([p.float() for p in parts], dim=-1).numpy()
 
 
 def encoder_outputs(encoder: Encoder, batch: tuple[np.ndarray, ...]) -> np.ndarray:
-    vec, copy = encoder.encode_full(*batch)
-    return vec if copy is None else np.concatenate([vec, copy], axis=-1)
+    vec, cand = encoder.encode_full(*batch)
+    return vec if cand is None else np.concatenate([vec, cand], axis=-1)
 
 
 def parity_batches(builder, data, seed: int, n_users: int = 64) -> list[tuple[np.ndarray, ...]]:
@@ -544,7 +544,7 @@ def evaluate_version(
     """
     if history_order not in ("training", "stored"):
         raise ValueError(f"history_order must be 'training' or 'stored', got {history_order!r}")
-    from graphprompt.encoder import copy_boosts, load_encoder
+    from graphprompt.encoder import candidate_boosts, load_encoder
     from graphprompt.graph import BipartiteGraph
     from graphprompt.prompts import PromptBuilder, PromptConfig
     from graphprompt.tokenizer import RecTokenizer
@@ -581,9 +581,9 @@ def evaluate_version(
         for s in range(0, len(order), 64):  # length-sorted sub-batches keep padding small
             idx = order[s : s + 64]
             batch = PromptBuilder.collate([prompts[i] for i in idx])
-            vecs[idx], copy = enc.encode_full(*batch)
+            vecs[idx], cand = enc.encode_full(*batch)
             hist = [graph.user_items(int(batch_users[i])) for i in idx]
-            for i, b in zip(idx, copy_boosts(batch[0], copy, tok.item_offset, hist) or [], strict=False):
+            for i, b in zip(idx, candidate_boosts(batch[0], cand, tok.item_offset, hist) or [], strict=False):
                 boosts[i] = b
         excl = [known.indices[known.indptr[u] : known.indptr[u + 1]] for u in batch_users]
         ids, scores = ranker.search(vecs, k, exclude=excl, boosts=boosts)

@@ -70,19 +70,15 @@ class PredictiveData:
         self._variants[key] = hit
         return hit
 
-    def epoch(
-        self, epoch: int, rng: np.random.Generator
-    ) -> tuple[list[EncodedPrompt], list[np.ndarray], list[np.ndarray]]:
-        """(prompts, targets, visible histories) of every user for one epoch."""
-        prompts, targets, seen = [], [], []
+    def epoch(self, epoch: int, rng: np.random.Generator) -> tuple[list[EncodedPrompt], list[np.ndarray]]:
+        prompts, targets = [], []
         v = epoch % self.k
         for u in self.users:
             visible, tgt, nbr, dist = self.variant(int(u), v)
             hist = rng.permutation(visible)
             prompts.append(self.b.predictive(int(u), hist, nbr, distances=dist))
             targets.append(self.g.user_items(int(u)) if self.all_train_targets else tgt)
-            seen.append(visible)
-        return prompts, targets, seen
+        return prompts, targets
 
     def eval_prompt(self, u: int) -> EncodedPrompt:
         """One user's scoring prompt (see :meth:`eval_prompts`)."""
@@ -132,9 +128,6 @@ def score_users(model, data: PredictiveData, users: np.ndarray, device: torch.de
     for s in range(0, len(order), batch):
         idx = order[s : s + batch]
         ids, mask, bias = to_tensors(PromptBuilder.collate([prompts[i] for i in idx]), device)
-        vec, copy = model.encode(ids, mask, bias)
-        if copy is not None:  # the user's train items are the prompt's history: no copy score for them
-            hist = targets_matrix([data.g.user_items(int(users[i])) for i in idx], model.cfg.n_items, device)
-            copy = copy.masked_fill(model.history_positions(ids, hist), 0.0)
-        out[idx] = model.item_scores(vec, copy, ids).float().cpu().numpy()
+        vec, candidates = model.encode(ids, mask, bias)
+        out[idx] = model.item_scores(vec, candidates, ids).float().cpu().numpy()
     return out

@@ -88,7 +88,6 @@ class ModelConfig:
     learn_bias_scale: bool = False  # learn one scale per layer
     bias_layers: list[int] | None = None  # layers that see the bias (None = all)
     content_tables: bool = True  # separate id tables for content pre-training
-    copy_dim: int = 0  # > 0: a pointer ("copy") score for the items the prompt names, query/key of this size
     # the candidate prior: prior_beta * sigma(h) * s_p for the prompt's candidates, s_p their strength (the
     # last bias row), sigma(h) the spread of the user's item scores; prior_beta is fitted on validation
     candidate_prior: bool = False
@@ -137,11 +136,6 @@ class GraphGPT(nn.Module):
         for emb in self._tables():
             nn.init.normal_(emb.weight, std=0.02)
         self.body = GPT2Model(self._gpt2_config())
-        if cfg.copy_dim > 0:
-            self.copy_q = nn.Linear(d, cfg.copy_dim)
-            self.copy_k = nn.Linear(d, cfg.copy_dim)
-            # weight of the candidate strength (the last bias row) and an offset; softplus(-1) ~ 0.31
-            self.copy_wb = nn.Parameter(torch.tensor([1.0, -1.0]))
         if cfg.candidate_prior:
             # set by set_prior after fine-tuning (0 until then: training never sees the prior)
             self.register_buffer("prior_beta", torch.zeros(()))
@@ -240,56 +234,41 @@ class GraphGPT(nn.Module):
     def encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, graph_bias: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(user vector [B, D], copy scores [B, L] or None): everything a prompt contributes to its scores.
-        The copy scores cover every item position; callers drop the history's (:func:`history_positions`)."""
+        """(user vector [B, D], candidate scores [B, L] or None): everything a prompt adds to its item scores
+        (the encoder's outputs)."""
         h = self.hidden(input_ids, attention_mask, graph_bias)
-        return h[:, -1], self.copy_scores(h, input_ids, attention_mask, graph_bias)
+        return h[:, -1], self.candidate_scores(h[:, -1], input_ids, attention_mask, graph_bias)
 
-    def copy_scores(
+    def candidate_scores(
         self,
-        h: torch.Tensor,
+        user_vec: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         graph_bias: torch.Tensor,
-        exclude: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """[B, L] non-negative pointer scores, softplus(q(h_last) · k(h_p) / sqrt(d) + w · s_p + b), at the
-        prompt's item positions (0 elsewhere); s_p = graph_bias[-1, p], the candidate strength the prompt
-        builder puts in the last bias row (0 without it). The item a position names gets its score added
-        to the inner product (:meth:`item_scores`): an exact item-to-item memory for the prompt's
-        candidates, which the 128-d dot product blurs. Non-negative, so an index's top-k of the inner
-        product, merged with the prompt's items re-scored, is still the exact top-k.
+        """[B, L] the candidate prior ``beta · sigma(h) · s_p`` (None for a model without it).
 
-        ``exclude`` [B, L] (bool) zeroes positions: training passes the user's visible history there, so the
-        pointer learns to pick among the *candidates* (two-hop items), not to copy the history, which is
-        never recommended (without it the loss fell ~10 nats by copying history and validation got worse).
-        Callers ignore the history positions' scores in the same way (``copy_exclude``)."""
-        if not self.has_copy:
+        ``s_p = graph_bias[-1, p]`` is the strength the prompt builder puts in the predicting position's bias
+        row at the two-hop candidates (their co-occurrence score over the maximum; 0 at every other position,
+        the history included), ``sigma(h)`` the spread of the user's item scores (:meth:`score_spread`), so
+        ``beta`` is in units of the user's own scores. The item a position names gets its score added to the
+        inner product (:meth:`item_scores`): item-to-item co-occurrence, which a 128-d dot product blurs,
+        enters the ranking exactly. Non-negative, so an index's top-k of the inner product merged with the
+        candidates re-scored is still the exact top-k (``Ranker.search(..., boosts=...)``). ``beta`` is 0
+        during fine-tuning and fitted on validation afterwards (:meth:`set_prior`)."""
+        if not self.cfg.candidate_prior:
             return None
         c = self.cfg
-        strength = graph_bias[:, -1].to(h.dtype)  # [B, L]: the candidates' strengths, 0 elsewhere
-        raw = torch.zeros_like(strength)
-        if c.copy_dim > 0:
-            q = self.copy_q(h[:, -1]).unsqueeze(1)  # [B, 1, C]
-            w, b = self.copy_wb[0], self.copy_wb[1]
-            raw = F.softplus((q * self.copy_k(h)).sum(-1) / c.copy_dim**0.5 + w * strength + b)
-        if c.candidate_prior:
-            raw = raw + self.prior_beta * self.score_spread(h[:, -1]).unsqueeze(1) * strength
+        strength = graph_bias[:, -1].to(user_vec.dtype)
         is_item = (input_ids >= c.n_words + c.n_users) & (attention_mask > 0)
-        if exclude is not None:
-            is_item = is_item & ~exclude
-        return torch.where(is_item, raw, torch.zeros_like(raw))
-
-    @property
-    def has_copy(self) -> bool:
-        """Whether :meth:`encode` returns copy scores (a pointer head, the candidate prior, or both)."""
-        return self.cfg.copy_dim > 0 or self.cfg.candidate_prior
+        prior = self.prior_beta * self.score_spread(user_vec).unsqueeze(1) * strength
+        return torch.where(is_item, prior, torch.zeros_like(prior))
 
     def score_spread(self, user_vec: torch.Tensor) -> torch.Tensor:
         """[B]: the standard deviation over all items of ``user_vec · E_item``, sqrt(hᵀ Cov(E) h), exact
         and O(D²) per user, so the prior is in units of the user's own score spread (no item loop)."""
         var = ((user_vec @ self.item_cov.to(user_vec.dtype)) * user_vec).sum(-1)
-        # + eps: sqrt'(0) is infinite, and 0 * inf would turn the (zero-weight) prior's gradient into NaN
+        # + eps: sqrt'(0) is infinite; 0 * inf would turn a zero-weight prior's gradient into NaN
         return (var.clamp(min=0) + 1e-12).sqrt()
 
     @torch.no_grad()
@@ -304,33 +283,19 @@ class GraphGPT(nn.Module):
         self.item_cov.copy_((e.T @ e / len(e)).to(self.item_cov.dtype))
         self.prior_beta.fill_(float(beta))
 
-    def prompt_items(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """[B, L] item index of each position (clamped to 0 where the token is not an item: its copy score
-        is 0 there, so adding it changes nothing)."""
-        c = self.cfg
-        return (input_ids - c.n_words - c.n_users).clamp(0, c.n_items - 1)
-
-    def history_positions(self, input_ids: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """[B, L] bool: positions naming an item of ``history`` ([B, I] multi-hot of each user's history)."""
-        return history.gather(1, self.prompt_items(input_ids)) > 0
-
     def item_scores(
         self,
         user_vec: torch.Tensor,
-        copy: torch.Tensor | None = None,
+        candidates: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """[B, I] = user vector · item table, plus the copy scores of the prompt's items when given."""
+        """[B, I] = user vector · item table, plus the candidate scores of the prompt's items when given."""
         scores = user_vec @ self.item_emb.weight.T
-        if copy is not None:
-            scores = scores.scatter_add(1, self.prompt_items(input_ids), copy.to(scores.dtype))
+        if candidates is not None:
+            c = self.cfg
+            items = (input_ids - c.n_words - c.n_users).clamp(0, c.n_items - 1)  # non-items score 0
+            scores = scores.scatter_add(1, items, candidates.to(scores.dtype))
         return scores
-
-    def copy_parameters(self) -> list[nn.Parameter]:
-        """The copy head's parameters (fine-tuning gives them their own, higher learning rate)."""
-        if self.cfg.copy_dim <= 0:
-            return []
-        return [*self.copy_q.parameters(), *self.copy_k.parameters(), self.copy_wb]
 
     def head_weight(self, head: str, content: bool = False) -> torch.Tensor:
         if head == "word":
@@ -349,7 +314,6 @@ class GraphGPT(nn.Module):
         graph_bias: torch.Tensor,
         *,
         targets: torch.Tensor | None = None,
-        copy_exclude: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         head: str = "item",
         content: bool = False,
@@ -359,7 +323,6 @@ class GraphGPT(nn.Module):
 
         * ``targets`` [B, I] (multi-hot weights): multinomial loss of the last position over all items,
           ``-Σ_j t_j log softmax(s)_j``, summed over targets and averaged over the batch (fine-tuning);
-          ``copy_exclude`` [B, L] marks the prompt positions whose copy score is dropped (the history);
         * ``labels`` [B, L] (head-local indices, -100 elsewhere): next-token cross-entropy over ``head``'s
         vocabulary
           at the labelled positions (pre-training);
@@ -371,8 +334,7 @@ class GraphGPT(nn.Module):
         out: dict[str, torch.Tensor] = {}
         loss = h.new_zeros(())
         if targets is not None:
-            copy = self.copy_scores(h, input_ids, attention_mask, graph_bias, copy_exclude)
-            logp = F.log_softmax(self.item_scores(h[:, -1], copy, input_ids).float(), dim=-1)
+            logp = F.log_softmax(self.item_scores(h[:, -1]).float(), dim=-1)
             out["rec"] = -(logp * targets).sum(-1).mean()
             loss = loss + out["rec"]
         if labels is not None:

@@ -57,11 +57,9 @@ class TrainConfig:
     svd_init: bool = True
     bias_scale: float = 1.0
     learn_bias_scale: bool = False
-    copy_dim: int = 0  # > 0: pointer scores for the prompt's items (GraphGPT.copy_scores); 0 = none
-    copy_lr: float = 1e-3  # the copy head is new at fine-tuning and small: at lr 1e-4 its scalars barely move
     # the candidate prior (GraphGPT.set_prior): its weight is picked on validation after fine-tuning
-    candidate_prior: bool = False
-    prior_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+    candidate_prior: bool = True
+    prior_grid: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0])
     # prompts (PromptConfig fields) and graph bias
     prompt: dict = field(default_factory=dict)
     bias: dict = field(default_factory=dict)  # BiasConfig fields: enabled, mode, max_hops, c
@@ -90,6 +88,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in loop.PRECISIONS:
             raise ValueError(f"precision must be one of {loop.PRECISIONS}, got {self.precision!r}")
+        self.prior_grid = [float(b) for b in self.prior_grid]  # JSON-equal, so a resume compares equal
+        if not self.prior_grid or min(self.prior_grid) < 0:
+            raise ValueError(f"prior_grid must hold one or more weights >= 0, got {self.prior_grid}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,7 +142,7 @@ def build_run(
         if getattr(cfg, k) is not None:
             setattr(mcfg, k, getattr(cfg, k))
     mcfg.bias_scale, mcfg.learn_bias_scale = cfg.bias_scale, cfg.learn_bias_scale
-    mcfg.copy_dim, mcfg.candidate_prior = cfg.copy_dim, cfg.candidate_prior
+    mcfg.candidate_prior = cfg.candidate_prior
     mcfg.n_positions = max(mcfg.n_positions, _max_prompt_len(pcfg))
     model = GraphGPT.from_gpt2(cfg.base_model, mcfg) if cfg.base_model else GraphGPT(mcfg)
     if cfg.svd_init:
@@ -235,16 +236,9 @@ def _wrap(run: Run) -> torch.nn.Module:
     return DDP(run.model, device_ids=dev, find_unused_parameters=True)
 
 
-def _optimizer(
-    model: torch.nn.Module, lr: float, wd: float, fast: list | None = None, fast_lr: float | None = None
-) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; ``fast`` ones (the copy head) get ``fast_lr``."""
-    fast_ids = {id(p) for p in fast or []}
-    slow = [p for p in model.parameters() if p.requires_grad and id(p) not in fast_ids]
-    groups = [{"params": slow}]
-    if fast_ids:
-        groups.append({"params": [p for p in fast if p.requires_grad], "lr": fast_lr or lr})
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
+def _optimizer(model: torch.nn.Module, lr: float, wd: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
 
 
 def _progress(total: int, desc: str, d: loop.Dist, quiet: bool):
@@ -369,7 +363,7 @@ def finetune(run: Run, quiet: bool = False) -> dict:
     stage_dir = run.dir / "finetune"
     m.set_dropout(cfg.dropout)
     net = _wrap(run)
-    opt = _optimizer(net, cfg.lr, cfg.weight_decay, m.copy_parameters(), cfg.copy_lr)
+    opt = _optimizer(net, cfg.lr, cfg.weight_decay)
     state = {"epoch": -1, "best": -math.inf, "best_epoch": -1, "bad": 0, "best_valid": None}
     if (stage_dir / "ckpt" / "state.json").exists():
         state = loop.load_checkpoint(stage_dir / "ckpt", m, opt)
@@ -387,7 +381,7 @@ def finetune(run: Run, quiet: bool = False) -> dict:
         rng = loop.epoch_rng(cfg.seed, "finetune", epoch)
         torch.manual_seed(loop.epoch_torch_seed(cfg.seed, "finetune", epoch, d.rank))
         t0 = time.time()
-        prompts, targets, seen = fdata.epoch(epoch, rng)
+        prompts, targets = fdata.epoch(epoch, rng)
         t_build = time.time() - t0
         batches = loop.length_batches(np.array([len(p) for p in prompts]), cfg.batch_size, rng)
         net.train()
@@ -397,12 +391,8 @@ def finetune(run: Run, quiet: bool = False) -> dict:
             mine = loop.shard(gb, d)
             ids, mask, bias = to_tensors(PromptBuilder.collate([prompts[k] for k in mine]), d.device)
             tgt = targets_matrix([targets[k] for k in mine], m.cfg.n_items, d.device)
-            hist = None
-            if m.cfg.copy_dim > 0:  # the pointer must not learn to copy the history
-                seen_t = targets_matrix([seen[k] for k in mine], m.cfg.n_items, d.device)
-                hist = m.history_positions(ids, seen_t)
             with loop.autocast(d.device, cfg.precision):
-                out = net(ids, mask, bias, targets=tgt, copy_exclude=hist)
+                out = net(ids, mask, bias, targets=tgt)
             # each rank averages over its shard; rescale so the all-reduced mean equals the global-batch mean
             loss = out["loss"] * (len(mine) * d.world / len(gb))
             opt.zero_grad(set_to_none=True)
