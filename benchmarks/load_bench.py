@@ -91,6 +91,7 @@ def percentiles_ms(lat_s: list[float]) -> dict:
 
 # ------------------------------------------------------------------------------------------- compute floor
 def compute_floor(store: Path, version: str, levels: list[int], seconds: float) -> dict:
+    from graphprompt.encoder import candidate_boosts
     from graphprompt.prompts import PromptBuilder
     from service.config import Settings
     from service.serving import load_serving_model
@@ -98,6 +99,7 @@ def compute_floor(store: Path, version: str, levels: list[int], seconds: float) 
     settings = Settings(model_store=store, model_version=version, use_gpu="no")
     model = load_serving_model(settings)
     chunk = settings.encode_chunk
+    offset = model.builder.tok.item_offset
     rng = np.random.default_rng(0)
     users = rng.choice(model.graph.n_users, size=min(512, model.graph.n_users), replace=False)
     prompts, seen = [], []
@@ -117,13 +119,16 @@ def compute_floor(store: Path, version: str, levels: list[int], seconds: float) 
             t = time.perf_counter()
             # the service's own encoding: length-sorted chunks of EDGEREC_ENCODE_CHUNK prompts
             order = sorted(idx, key=lambda j: len(prompts[j]))
-            vec = np.concatenate(
-                [
-                    model.encoder.encode(*PromptBuilder.collate([prompts[j] for j in order[s : s + chunk]]))
-                    for s in range(0, b, chunk)
-                ]
-            )
-            model.ranker.search(vec, 10, exclude=[seen[j] for j in order])
+            vecs, boosts = [], []
+            for s in range(0, b, chunk):
+                part = order[s : s + chunk]
+                batch = PromptBuilder.collate([prompts[j] for j in part])
+                vec, cand = model.encoder.encode_full(*batch)
+                vecs.append(vec)
+                found = candidate_boosts(batch[0], cand, offset, [seen[j] for j in part])
+                boosts += found or [None] * len(part)
+            boosted = boosts if any(x is not None for x in boosts) else None
+            model.ranker.search(np.concatenate(vecs), 10, exclude=[seen[j] for j in order], boosts=boosted)
             lat.append(time.perf_counter() - t)
             n += b
         total = sum(lat)
@@ -160,9 +165,14 @@ def naive_app():
         hist = graph.user_items(u)
         nbr = builder.neighbourhood(u)
         prompt = builder.predictive(u, hist, nbr)
+        batch = PromptBuilder.collate([prompt])
         with torch.inference_mode():
-            h = torch.from_numpy(encoder.encode(*PromptBuilder.collate([prompt])))[0]
-            scores = item_emb @ h
+            vec, cand = encoder.encode_full(*batch)
+            scores = item_emb @ torch.from_numpy(vec)[0]
+            if cand is not None:  # the candidate prior, added to the items the prompt names
+                items = batch[0][0] - builder.tok.item_offset
+                keep = items >= 0
+                scores.index_add_(0, torch.from_numpy(items[keep]), torch.from_numpy(cand[0][keep]))
             scores[torch.from_numpy(hist)] = -float("inf")
             order = torch.argsort(scores, descending=True)[: int(body.get("k", 10))]
         return {"items": [{"id": item_ids[i], "score": float(scores[i])} for i in order.tolist()]}
