@@ -306,17 +306,20 @@ class Ranker:
         graphprompt.encoder). The index's top-k merged with the boosted items, re-scored exactly, is the exact
         top-k of the boosted scores (an item outside both scores at most the k-th index score, which a boost
         only raises)."""
-        ids_out, scores_out = self._search(user_vectors, k, exclude)
+        q = _as_queries(user_vectors, self.dim)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if boosts is not None and len(boosts) != len(q):
+            raise ValueError(f"boosts has {len(boosts)} entries for {len(q)} user vectors")
+        excl = self._exclusions(exclude, len(q))
+        ids_out, scores_out = self._search(q, k, excl)
         if boosts is not None:
-            if len(boosts) != len(ids_out):
-                raise ValueError(f"boosts has {len(boosts)} entries for {len(ids_out)} user vectors")
-            self._apply_boosts(_as_queries(user_vectors, self.dim), k, exclude, boosts, ids_out, scores_out)
+            self._apply_boosts(q, k, excl, boosts, ids_out, scores_out)
         return ids_out, scores_out
 
-    def _apply_boosts(self, q, k, exclude, boosts, ids_out, scores_out) -> None:
+    def _apply_boosts(self, q, k, excl, boosts, ids_out, scores_out) -> None:
         if self.item_embeddings is None:
             raise ValueError("boosted search needs the item embeddings (Ranker(index, item_embeddings))")
-        excl = self._exclusions(exclude, len(q))
         for u, boost in enumerate(boosts):
             if boost is None or len(boost[0]) == 0:
                 continue
@@ -341,14 +344,8 @@ class Ranker:
             ids_out[u, : order.size] = cand[order]
             scores_out[u, : order.size] = total[order]
 
-    def _search(
-        self, user_vectors: np.ndarray, k: int, exclude: Sequence[np.ndarray | Sequence[int]] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        q = _as_queries(user_vectors, self.dim)
+    def _search(self, q: np.ndarray, k: int, excl: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         b = len(q)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        excl = self._exclusions(exclude, b)
         want = np.array([min(k, self.n_items - e.size) for e in excl])
         ids_out = np.full((b, k), -1, dtype=np.int64)
         scores_out = np.full((b, k), -np.inf, dtype=np.float32)
