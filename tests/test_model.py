@@ -14,9 +14,8 @@ V, U, N_ITEMS = 40, 6, 9
 
 def _model(**kw) -> GraphGPT:
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        n_words=V, n_users=U, n_items=N_ITEMS, n_layer=2, n_embd=32, n_head=4, dropout=0.0, **kw
-    )
+    kw = {"n_layer": 2, "n_embd": 32, "n_head": 4, "dropout": 0.0, **kw}
+    cfg = ModelConfig(n_words=V, n_users=U, n_items=N_ITEMS, **kw)
     return GraphGPT(cfg).eval()
 
 
@@ -39,9 +38,38 @@ def test_shapes_and_user_vector() -> None:
     h = m.hidden(ids, mask, bias)
     assert h.shape == (3, 8, 32)
     vec = m.user_vector(ids, mask, bias)
-    assert vec.shape == (3, 32) and torch.equal(vec, h[:, -1])
+    assert vec.shape == (3, 32) and torch.allclose(vec, h[:, -1], atol=1e-6)
     assert m.item_scores(vec).shape == (3, N_ITEMS)
     assert torch.isfinite(h).all()
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"n_layer": 1},
+        {"n_layer": 3, "bias_layers": [0, 2], "learn_bias_scale": True, "bias_scale": 0.7},
+        {"candidate_prior": True},
+    ],
+)
+def test_last_position_pass_equals_the_full_pass(kw) -> None:
+    """user_vector/encode run the last block at the last position only; that must not change the answer,
+    with left padding, partial bias layers, any depth, and in training mode (gradients) too."""
+    m = _model(**kw)
+    ids, mask, bias = _batch(b=4, length=11, seed=3)
+    full = m.hidden(ids, mask, bias)[:, -1]
+    last = m.last_hidden(ids, mask, bias)
+    assert torch.allclose(full, last, atol=1e-5), (full - last).abs().max()
+    if m.cfg.candidate_prior:
+        m.set_prior(1.5)
+    vec, cand = m.encode(ids, mask, bias)
+    assert torch.allclose(vec, full, atol=1e-5)
+    if cand is not None:
+        assert torch.allclose(cand, m.candidate_scores(full, ids, mask, bias), atol=1e-5)
+    m.train()  # dropout 0: the same function, and gradients reach the body's first layer
+    m.zero_grad()
+    (m.last_hidden(ids, mask, bias) * torch.randn(4, 32)).sum().backward()  # a plain sum of ln_f is flat
+    assert m.body.h[0].mlp.c_fc.weight.grad.abs().sum() > 0
 
 
 def test_embedding_uses_three_tables() -> None:
