@@ -318,31 +318,47 @@ class Ranker:
         return ids_out, scores_out
 
     def _apply_boosts(self, q, k, excl, boosts, ids_out, scores_out) -> None:
+        """Merge each boosted row's index top-k with its boosted items, re-scored exactly, in one pass over
+        the whole batch: (row, item) pairs are coded as ``row * n_items + item``, so one ``np.unique`` merges
+        duplicates and one ``np.lexsort`` ranks every row (by score, ties to the smaller item id)."""
         if self.item_embeddings is None:
             raise ValueError("boosted search needs the item embeddings (Ranker(index, item_embeddings))")
+        rows, items, extra = [], [], []
         for u, boost in enumerate(boosts):
             if boost is None or len(boost[0]) == 0:
                 continue
-            items, extra = np.asarray(boost[0], dtype=np.int64), np.asarray(boost[1], dtype=np.float32)
-            if items.shape != extra.shape or (
-                items.size and (items.min() < 0 or items.max() >= self.n_items)
-            ):
+            it, ex = np.asarray(boost[0], dtype=np.int64), np.asarray(boost[1], dtype=np.float32)
+            if it.shape != ex.shape or it.ndim != 1 or (it.size and (it.min() < 0 or it.max() >= self.n_items)):
                 raise ValueError(f"boosts[{u}]: items and boosts must be equal-length, items in range")
-            if (extra < 0).any():
+            if (ex < 0).any():
                 raise ValueError(f"boosts[{u}]: boosts must be >= 0 (the merge is exact only then)")
-            keep = ~np.isin(items, excl[u])
-            items, extra = items[keep], extra[keep]
-            cand = np.concatenate([ids_out[u][ids_out[u] >= 0], items])
-            bonus = np.concatenate([np.zeros(len(cand) - len(items), np.float32), extra])
-            cand, inv = np.unique(cand, return_inverse=True)
-            total = np.zeros(len(cand), np.float32)
-            np.add.at(total, inv, bonus)
-            total += self.item_embeddings[cand] @ q[u]
-            order = np.argsort(-total, kind="stable")[:k]
-            ids_out[u] = -1
-            scores_out[u] = -np.inf
-            ids_out[u, : order.size] = cand[order]
-            scores_out[u, : order.size] = total[order]
+            rows.append(u)
+            items.append(it)
+            extra.append(ex)
+        if not rows:
+            return
+        n = np.int64(self.n_items)
+        sizes = np.array([len(it) for it in items])
+        row_of = np.repeat(np.asarray(rows, dtype=np.int64), sizes)
+        b_codes = row_of * n + np.concatenate(items)
+        b_extra = np.concatenate(extra)
+        excl_codes = np.concatenate([u * n + excl[u] for u in rows])
+        keep = ~np.isin(b_codes, excl_codes)
+        top = ids_out[rows]
+        t_codes = (np.asarray(rows, dtype=np.int64)[:, None] * n + top)[top >= 0]
+        codes, inv = np.unique(np.concatenate([t_codes, b_codes[keep]]), return_inverse=True)
+        bonus = np.bincount(inv, np.concatenate([np.zeros(t_codes.size), b_extra[keep]]), len(codes))
+        row, item = np.divmod(codes, n)
+        total = (np.einsum("nd,nd->n", self.item_embeddings[item], q[row]) + bonus).astype(np.float32)
+        order = np.lexsort((item, -total, row))
+        row, item, total = row[order], item[order], total[order]
+        starts = np.searchsorted(row, row, side="left")
+        rank = np.arange(row.size) - starts
+        take = rank < k
+        ids_out[rows] = -1
+        scores_out[rows] = -np.inf
+        ids_out[row[take], rank[take]] = item[take]
+        scores_out[row[take], rank[take]] = total[take]
 
     def _search(self, q: np.ndarray, k: int, excl: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         b = len(q)
