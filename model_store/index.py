@@ -370,22 +370,20 @@ class Ranker:
 
         todo = np.arange(b)
         fetch = min(self.n_items, k + max(e.size for e in excl) + self.margin)
+        n = np.int64(self.n_items)
         while todo.size:
             scores, ids = _search_any(self.index, q[todo], fetch)
-            short = []
-            for row, u in enumerate(todo):
-                r_ids, r_scores = ids[row], scores[row]
-                keep = r_ids >= 0
-                if excl[u].size:
-                    keep &= ~np.isin(r_ids, excl[u], assume_unique=False)
-                got_ids, got_scores = r_ids[keep][:k], r_scores[keep][:k]
-                ids_out[u] = -1  # a wider re-fetch of an approximate index may reorder: rewrite the whole row
-                scores_out[u] = -np.inf
-                ids_out[u, : got_ids.size] = got_ids
-                scores_out[u, : got_ids.size] = got_scores
-                if got_ids.size < want[u]:
-                    short.append(u)
-            todo = np.asarray(short, dtype=np.int64)
+            # (row, item) coded as row * n_items + item: one isin call filters every row's exclusions
+            excl_codes = np.concatenate([u * n + excl[u] for u in todo])
+            keep = (ids >= 0) & ~np.isin(todo[:, None] * n + ids, excl_codes)
+            rank = np.cumsum(keep, axis=1) - 1
+            r, c = np.nonzero(keep & (rank < k))
+            # a wider re-fetch of an approximate index may reorder: rewrite the whole row
+            ids_out[todo] = -1
+            scores_out[todo] = -np.inf
+            ids_out[todo[r], rank[r, c]] = ids[r, c]
+            scores_out[todo[r], rank[r, c]] = scores[r, c]
+            todo = todo[np.minimum(keep.sum(1), k) < want[todo]]
             if fetch >= self.n_items:
                 break
             fetch = min(self.n_items, fetch * 2)
