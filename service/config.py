@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     auth_exempt_probes: bool = Field(
         True, description="Let /healthz and /readyz through without an API key (for kubelet probes)."
     )
+    auth_exempt_metrics: bool = Field(
+        False,
+        description="Let /metrics through without an API key (for a Prometheus that scrapes by pod "
+        "annotation and sends no header; the k8s config sets it).",
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (else 413).")
 
     log_level: str = Field("INFO", description="Python log level.")

@@ -155,7 +155,8 @@ def test_every_edgerec_variable_set_by_a_deployment_file_is_a_real_setting(compo
 
 
 def test_probes_answer_without_the_api_key_that_other_routes_need(tmp_path):
-    """The app as the manifests configure it: API key set, probes exempt; kubelet sends no header."""
+    """The app as the manifests configure it: API key set, probes and /metrics exempt; kubelet and an
+    annotation-scraping Prometheus send no header."""
     import redis
     from fastapi.testclient import TestClient
 
@@ -171,6 +172,7 @@ def test_probes_answer_without_the_api_key_that_other_routes_need(tmp_path):
         home=tmp_path,
         api_key="k-test",
         auth_exempt_probes=config["EDGEREC_AUTH_EXEMPT_PROBES"] == "true",
+        auth_exempt_metrics=config["EDGEREC_AUTH_EXEMPT_METRICS"] == "true",
         log_json=False,
         model_poll_s=0,
     )
@@ -178,5 +180,6 @@ def test_probes_answer_without_the_api_key_that_other_routes_need(tmp_path):
         assert client.get("/healthz").status_code == 200
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["ready"] is False
-        assert client.get("/metrics").status_code == 401
-        assert client.get("/metrics", headers={"X-API-Key": "k-test"}).status_code == 200
+        # the pod annotations have Prometheus scrape /metrics without a key; everything else still needs it
+        assert client.get("/metrics").status_code == 200
+        assert client.post("/recommend/u1", json={}).status_code == 401

@@ -86,6 +86,13 @@ async def require_probe_key(
         _check(settings.api_key.get_secret_value(), key, "API key")
 
 
+async def require_metrics_key(
+    settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)] = None
+) -> None:
+    if settings.api_key is not None and not settings.auth_exempt_metrics:
+        _check(settings.api_key.get_secret_value(), key, "API key")
+
+
 async def require_admin_key(
     settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)] = None
 ) -> None:
@@ -96,4 +103,5 @@ async def require_admin_key(
 
 ApiKey = Depends(require_api_key)
 ProbeKey = Depends(require_probe_key)
+MetricsKey = Depends(require_metrics_key)
 AdminKey = Depends(require_admin_key)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from service.api.deps import ApiKey, MetricsDep
+from service.api.deps import MetricsDep, MetricsKey
 
-router = APIRouter(tags=["metrics"], dependencies=[ApiKey])
+router = APIRouter(tags=["metrics"], dependencies=[MetricsKey])
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
