@@ -328,7 +328,8 @@ class Ranker:
             if boost is None or len(boost[0]) == 0:
                 continue
             it, ex = np.asarray(boost[0], dtype=np.int64), np.asarray(boost[1], dtype=np.float32)
-            if it.shape != ex.shape or it.ndim != 1 or (it.size and (it.min() < 0 or it.max() >= self.n_items)):
+            in_range = not it.size or (it.min() >= 0 and it.max() < self.n_items)
+            if it.shape != ex.shape or it.ndim != 1 or not in_range:
                 raise ValueError(f"boosts[{u}]: items and boosts must be equal-length, items in range")
             if (ex < 0).any():
                 raise ValueError(f"boosts[{u}]: boosts must be >= 0 (the merge is exact only then)")
