@@ -124,6 +124,14 @@ def write_markdown(result: dict, path: Path) -> None:
         f"{ds['fingerprint'][:12]})",
         "",
         f"Command: `{result['command']}`  ",
+        *(
+            [
+                f"Rows of {', '.join(result['kept_from_earlier'])} come from earlier invocations (kept in "
+                'the JSON; docs/benchmarks.md, "Model", lists their commands).  '
+            ]
+            if result.get("kept_from_earlier")
+            else []
+        ),
         f"Seeds: {result['seeds']}; test metrics are means over seeds (± std); checkpoints chosen on "
         "validation R@20 + R@40 + N@100.",
         "",
@@ -235,6 +243,10 @@ def _keep_other_variants(result: dict, path: Path) -> None:
     if old.get("dataset", {}).get("fingerprint") != result["dataset"]["fingerprint"]:
         return
     merged = dict(old.get("variants", {}))
+    # variants whose runs all came from other invocations, whose commands this file's header does not show
+    earlier = sorted(set(merged) - set(result["variants"]))
+    if earlier:
+        result["kept_from_earlier"] = earlier
     for name, v in result["variants"].items():
         mine = {r["seed"] for r in v["runs"]}
         kept = [r for r in merged.get(name, {}).get("runs", []) if r["seed"] not in mine]
