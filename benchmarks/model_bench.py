@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--log-dir", default="/tmp/edgerec-model-bench")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--throughput", action="store_true", help="only the synthetic tokens/s measurement")
+    ap.add_argument("--length", type=int, default=48, help="prompt length of the --throughput batches")
     ap.add_argument("--only-finished", action="store_true", help="tabulate finished runs, train nothing")
     args = ap.parse_args(argv)
     variants = dict(VARIANTS)
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         from training.sources import load_dataset
 
         ds = load_dataset(args.dataset)
-        rows = [throughput("small", 6000, ds.n_users, ds.n_items, 64, 48, 10)]
+        rows = [throughput("small", 6000, ds.n_users, ds.n_items, 64, args.length, 10)]
         res = {
             "command": "python benchmarks/model_bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "dataset": ds.name,

@@ -66,6 +66,11 @@ def test_last_position_pass_equals_the_full_pass(kw) -> None:
     assert torch.allclose(vec, full, atol=1e-5)
     if cand is not None:
         assert torch.allclose(cand, m.candidate_scores(full, ids, mask, bias), atol=1e-5)
+    # the fine-tuning loss runs the same last-position pass
+    targets = torch.zeros(4, N_ITEMS)
+    targets[:, [0, 3]] = 1.0
+    ref = -(torch.log_softmax(m.item_scores(full), -1) * targets).sum(-1).mean()
+    assert torch.allclose(m(ids, mask, bias, targets=targets)["rec"], ref, atol=1e-5)
     m.train()  # dropout 0: the same function, and gradients reach the body's first layer
     m.zero_grad()
     (m.last_hidden(ids, mask, bias) * torch.randn(4, 32)).sum().backward()  # a plain sum of ln_f is flat

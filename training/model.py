@@ -225,7 +225,11 @@ class GraphGPT(nn.Module):
         return out.last_hidden_state
 
     def last_hidden(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, graph_bias: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        graph_bias: torch.Tensor,
+        content: bool = False,
     ) -> torch.Tensor:
         """[B, D]: ``hidden(...)[:, -1]`` computed without the work nobody reads.
 
@@ -234,10 +238,10 @@ class GraphGPT(nn.Module):
         The body's other blocks run as ``GPT2Model`` runs them; the last block is spelled out here with the
         block's own modules and the same attention function, so the result equals the full pass up to float
         rounding (a test holds them together). For the 2-layer default this skips nearly half the encoder's
-        work, which is what serving pays per request."""
+        work, which is what serving pays per request, and what fine-tuning pays per step."""
         body = self.body
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        x = body.drop(self.embed(input_ids) + body.wpe(position_ids))
+        x = body.drop(self.embed(input_ids, content) + body.wpe(position_ids))
         mask = self.base_mask(attention_mask)
         bias = graph_bias.unsqueeze(1).float()
         scales = self.bias_scale * self.bias_layer_on
@@ -371,11 +375,16 @@ class GraphGPT(nn.Module):
         batch, pulling
           this stage's id tables (collaborative or content) toward the other pair.
         """
-        h = self.hidden(input_ids, attention_mask, graph_bias, content)
+        # Fine-tuning reads the last position only: the last block runs there alone (see last_hidden).
+        if labels is None:
+            last = self.last_hidden(input_ids, attention_mask, graph_bias, content)
+        else:
+            h = self.hidden(input_ids, attention_mask, graph_bias, content)
+            last = h[:, -1]
         out: dict[str, torch.Tensor] = {}
-        loss = h.new_zeros(())
+        loss = last.new_zeros(())
         if targets is not None:
-            logp = F.log_softmax(self.item_scores(h[:, -1]).float(), dim=-1)
+            logp = F.log_softmax(self.item_scores(last).float(), dim=-1)
             out["rec"] = -(logp * targets).sum(-1).mean()
             loss = loss + out["rec"]
         if labels is not None:
