@@ -213,16 +213,24 @@ class GraphGPT(nn.Module):
         content: bool = False,
     ) -> torch.Tensor:
         """Last-layer hidden states [B, L, D] (after ln_f)."""
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        position_ids, mask, bias, scales = self._body_inputs(attention_mask, graph_bias)
         out = self.body(
             inputs_embeds=self.embed(input_ids, content),
-            attention_mask=self.base_mask(attention_mask),
+            attention_mask=mask,
             position_ids=position_ids,
-            graph_bias=graph_bias.unsqueeze(1).float(),
-            bias_scales=self.bias_scale * self.bias_layer_on,
+            graph_bias=bias,
+            bias_scales=scales,
             use_cache=False,
         )
         return out.last_hidden_state
+
+    def _body_inputs(
+        self, attention_mask: torch.Tensor, graph_bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(position ids, float 4D mask, [B, 1, L, L] bias, per-layer bias scales): what every block sees."""
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        scales = self.bias_scale * self.bias_layer_on
+        return position_ids, self.base_mask(attention_mask), graph_bias.unsqueeze(1).float(), scales
 
     def last_hidden(
         self,
@@ -240,11 +248,8 @@ class GraphGPT(nn.Module):
         rounding (a test holds them together). For the 2-layer default this skips nearly half the encoder's
         work, which is what serving pays per request, and what fine-tuning pays per step."""
         body = self.body
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        position_ids, mask, bias, scales = self._body_inputs(attention_mask, graph_bias)
         x = body.drop(self.embed(input_ids, content) + body.wpe(position_ids))
-        mask = self.base_mask(attention_mask)
-        bias = graph_bias.unsqueeze(1).float()
-        scales = self.bias_scale * self.bias_layer_on
         for blk in body.h[:-1]:
             x = blk(x, None, mask, graph_bias=bias, bias_scales=scales)
         blk = body.h[-1]
