@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
+from service.api.common import ERRORS, UserPath, unknown_items
 from service.api.deps import ApiKey, CacheDep, MetricsDep, ModelDep, RecommenderDep, SettingsDep
-from service.api.routes.recommend import ERRORS, UserPath, _unknown
 from service.cache import RedisUnavailable
 from service.logging import request_id_var
 from service.recommender import UnknownItemsError
@@ -37,7 +37,7 @@ async def add_interactions(
     try:
         rec.item_indices(model, body.items, "items")
     except UnknownItemsError as exc:
-        raise _unknown(exc) from None
+        raise unknown_items(exc) from None
     try:
         entry = await cache.append_interactions(user_id, body.items, body.timestamps, model.version)
     except RedisUnavailable:

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, status
 
+from service.api.common import ERRORS
 from service.api.deps import ApiKey, ModelDep
-from service.api.routes.recommend import ERRORS
 from service.schemas import ErrorResponse, ItemResponse
 
 router = APIRouter(tags=["items"], dependencies=[ApiKey])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from service.api.common import ERRORS
 from service.api.deps import ApiKey, ModelDep
-from service.api.routes.recommend import ERRORS
 from service.schemas import ModelResponse
 
 router = APIRouter(tags=["model"], dependencies=[ApiKey])

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-import orjson
-from fastapi import APIRouter, HTTPException, Path, Response, status
+from fastapi import APIRouter, Response
 
+from service.api.common import ERRORS, UserPath, json_response, unknown_items
 from service.api.deps import ApiKey, ModelDep, RecommenderDep
-from service.cache import USER_ID_RE
 from service.logging import request_id_var
 from service.recommender import Recommendation, UnknownItemsError
 from service.schemas import (
     BatchRecommendRequest,
     BatchRecommendResponse,
-    ErrorResponse,
     RecommendOptions,
     RecommendResponse,
 )
@@ -24,27 +22,9 @@ from service.serving import ServingModel
 
 router = APIRouter(tags=["recommend"], dependencies=[ApiKey])
 
-UserPath = Annotated[
-    str,
-    Path(
-        pattern=USER_ID_RE.pattern,
-        min_length=1,
-        max_length=128,
-        description="User id (1-128 of A-Z a-z 0-9 _ . : @ -); unknown users get a cold start.",
-    ),
-]
-
-ERRORS = {
-    401: {"model": ErrorResponse, "description": "API key missing"},
-    403: {"model": ErrorResponse, "description": "API key wrong"},
-    413: {"model": ErrorResponse, "description": "Body too large"},
-    422: {"model": ErrorResponse, "description": "Invalid input (names the problem, e.g. unknown item ids)"},
-    503: {"model": ErrorResponse, "description": "No model loaded yet"},
-}
-
 
 def to_response(model: ServingModel, rec: Recommendation) -> dict[str, Any]:
-    """The RecommendResponse of ``rec`` as plain data (the routes serialise it with orjson, see _json)."""
+    """The RecommendResponse of ``rec`` as plain data (the routes serialise it with orjson, see json_response)."""
     finite = np.isfinite(rec.scores)
     items = [
         {"id": model.item_ids[i], "score": s, "title": model.items[i].get("title")}
@@ -58,21 +38,6 @@ def to_response(model: ServingModel, rec: Recommendation) -> dict[str, Any]:
         "fallback_reasons": rec.reasons,
         "request_id": request_id_var.get(),
     }
-
-
-def _json(payload: dict[str, Any]) -> Response:
-    """Answer with orjson bytes. Returning a Response skips FastAPI's response_model pass, which builds and
-    validates a model per item and serialises through jsonable_encoder: ~10x the cost of this dump for a
-    10-item answer, on the event loop of every request. ``response_model`` still documents the shape, and the
-    tests check answers against it."""
-    return Response(orjson.dumps(payload), media_type="application/json")
-
-
-def _unknown(exc: UnknownItemsError) -> HTTPException:
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        detail=[{"loc": ["body", exc.field_name], "msg": str(exc), "type": "unknown_item", "input": exc.ids}],
-    )
 
 
 @router.post("/recommend/{user_id}", response_model=RecommendResponse, responses=ERRORS)
@@ -91,8 +56,8 @@ async def recommend(
             recent_items=opts.recent_items,
         )
     except UnknownItemsError as exc:
-        raise _unknown(exc) from None
-    return _json(to_response(model, result))
+        raise unknown_items(exc) from None
+    return json_response(to_response(model, result))
 
 
 @router.post("/recommend", response_model=BatchRecommendResponse, responses=ERRORS)
@@ -103,7 +68,7 @@ async def recommend_batch(body: BatchRecommendRequest, model: ModelDep, rec: Rec
         try:
             rec.item_indices(model, e.recent_items, f"requests[{n}].recent_items")
         except UnknownItemsError as exc:
-            raise _unknown(exc) from None
+            raise unknown_items(exc) from None
     results = await asyncio.gather(
         *(
             rec.recommend(
@@ -117,7 +82,7 @@ async def recommend_batch(body: BatchRecommendRequest, model: ModelDep, rec: Rec
             for e in body.requests
         )
     )
-    return _json(
+    return json_response(
         {
             "results": [to_response(model, r) for r in results],
             "model_version": model.version,
