@@ -33,6 +33,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY edgerec/ edgerec/
+COPY inference/ inference/
 COPY graphprompt/ graphprompt/
 COPY model_store/ model_store/
 COPY service/ service/

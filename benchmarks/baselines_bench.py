@@ -25,10 +25,10 @@ from types import SimpleNamespace
 import numpy as np
 import scipy.sparse as sp
 
-from training.baselines import get
-from training.dataset import prepare
-from training.evaluation import evaluate
-from training.ingest import read_source
+from training.data.dataset import prepare
+from training.data.ingest import read_source
+from training.evaluation.baselines import get
+from training.evaluation.harness import evaluate
 
 DATASETS = Path(
     os.environ.get("EDGEREC_DATASETS", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")
@@ -68,8 +68,8 @@ def seeds(name: str, seed_list: list[int]) -> None:
 
 
 def checks(name: str) -> None:
-    from training.evaluation import known_items
-    from training.metrics import hit_matrix, mask_items, topk_items
+    from training.evaluation.harness import known_items
+    from training.evaluation.metrics import hit_matrix, mask_items, topk_items
 
     ds = prepare(read_source(DATASETS / name), name)
     counts = get("pop")().fit(ds.train).counts

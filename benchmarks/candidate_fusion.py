@@ -29,10 +29,10 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from training.dataset import PreparedDataset
-    from training.evaluation import evaluate
-    from training.finetune import PredictiveData, score_users
-    from training.train import load_run
+    from training.data.dataset import PreparedDataset
+    from training.evaluation.harness import evaluate
+    from training.recipe.finetune import PredictiveData, score_users
+    from training.recipe.train import load_run
 
     torch.set_num_threads(1)
     model, builder = load_run(args.run_dir)

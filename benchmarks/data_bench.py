@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.dataset import PreparedDataset, prepare  # noqa: E402
-from training.ingest import read_source  # noqa: E402
+from training.data.dataset import PreparedDataset, prepare  # noqa: E402
+from training.data.ingest import read_source  # noqa: E402
 
 
 def bench(source: Path, repeat: int) -> dict:

@@ -6,7 +6,8 @@ median / p90 latency of one ``user_vector`` call at batch 1 and 16 and prompt le
 CPU, with a fixed thread count; the three encoders are timed round-robin so machine load hits them alike.
 Inputs are left-padded prompts with a graph bias on id-token pairs (latency depends only on shapes). With
 ``--run`` the run is also exported with the INT8 encoder and the version is evaluated on valid and test with
-both encoders (``training.export.evaluate_version``: ONNX + FAISS), which is the INT8 metric cost.
+both encoders (``training.evaluation.version_eval.evaluate_version``: ONNX + FAISS), which is the INT8
+metric cost.
 
     python -m benchmarks.encoder_bench                                  # random-init small model
     python -m benchmarks.encoder_bench --run .edgerec/runs/amazon-office --threads 1
@@ -75,9 +76,9 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
-    from graphprompt.encoder import OnnxEncoder
-    from training.export import _serving_model, export_onnx, quantize_int8
-    from training.model import GraphGPT, ModelConfig
+    from inference.encoders import OnnxEncoder
+    from inference.torch_model import GraphGPT, ModelConfig
+    from training.export.exporter import _serving_model, export_onnx, quantize_int8
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -135,8 +136,9 @@ def int8_cost(run: Path, dataset: str | None, threads: int) -> None:
 
     A third row evaluates fp32 with the service's prompt order for known users (train items as the graph
     stores them; training scores a seeded shuffle): the skew caused by history order alone."""
-    from graphprompt.encoder import load_encoder
-    from training.export import evaluate_version, export_run, load_run_dataset
+    from inference.encoders import open_encoder
+    from training.evaluation.version_eval import evaluate_version
+    from training.export.exporter import export_run, load_run_dataset
 
     data = load_run_dataset(run, dataset)
     keys = ("recall@20", "recall@40", "ndcg@100")
@@ -148,9 +150,7 @@ def int8_cost(run: Path, dataset: str | None, threads: int) -> None:
         for split in ("valid", "test"):
             base = None
             for name, int8, order in rows:
-                enc = load_encoder(
-                    version, providers=["CPUExecutionProvider"], int8=int8, intra_op_threads=threads
-                )
+                enc = open_encoder(version, providers=["CPUExecutionProvider"], int8=int8, threads=threads)
                 t = time.perf_counter()
                 m = evaluate_version(version, data, split, encoder=enc, history_order=order)
                 dt = time.perf_counter() - t

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from graphprompt.graph import BipartiteGraph  # noqa: E402
+from service.cache_entry import Entry  # noqa: E402
 
 GIB = 1024**3
 
@@ -55,8 +56,8 @@ def synthetic(n_users: int, n_items: int, n_edges: int, seed: int = 0) -> sp.csr
 
 
 def load_sports(root: Path) -> sp.csr_matrix:
-    from training.dataset import prepare
-    from training.ingest import read_recbole
+    from training.data.dataset import prepare
+    from training.data.ingest import read_recbole
 
     return prepare(read_recbole(root / "amazon-sports"), "amazon-sports").train
 
@@ -92,7 +93,7 @@ def run_one(name: str, queries: int, hop_queries: int, batch: int, data_root: Pa
     t0 = time.perf_counter()
     nbrs = [g.neighbourhood(int(u)) for u in users]
     t_nbr = time.perf_counter() - t0
-    packed = [nb.pack() for nb in nbrs]
+    packed = [Entry(nb).pack(bytes(8)) for nb in nbrs]  # the service cache entry of each
 
     sets = prompt_sets(g, nbrs[:hop_queries], users[:hop_queries])
     t0 = time.perf_counter()

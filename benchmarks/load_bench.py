@@ -91,8 +91,8 @@ def percentiles_ms(lat_s: list[float]) -> dict:
 
 # ------------------------------------------------------------------------------------------- compute floor
 def compute_floor(store: Path, version: str, levels: list[int], seconds: float) -> dict:
-    from graphprompt.encoder import candidate_boosts
     from graphprompt.prompts import PromptBuilder
+    from inference.ranker import candidate_boosts
     from service.config import Settings
     from service.serving import load_serving_model
 
@@ -143,10 +143,10 @@ def naive_app():
     import torch
     from fastapi import FastAPI
 
-    from graphprompt.encoder import TorchEncoder
     from graphprompt.graph import BipartiteGraph
     from graphprompt.prompts import PromptBuilder, PromptConfig
     from graphprompt.tokenizer import RecTokenizer
+    from inference.torch_encoder import TorchEncoder
 
     folder = Path(os.environ["NAIVE_VERSION_DIR"])
     cfg = PromptConfig.load(folder / "prompt_config.json")

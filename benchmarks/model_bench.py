@@ -202,7 +202,7 @@ def throughput(
     """Synthetic training-step and encoding throughput (tokens/s) of one model size, one thread."""
     import torch
 
-    from training.model import GraphGPT, ModelConfig
+    from inference.torch_model import GraphGPT, ModelConfig
 
     torch.manual_seed(0)
     m = GraphGPT(ModelConfig.preset(size, n_words=n_words, n_users=n_users, n_items=n_items))
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        from training.sources import load_dataset
+        from training.data.sources import load_dataset
 
         ds = load_dataset(args.dataset)
         rows = [throughput("small", 6000, ds.n_users, ds.n_items, 64, args.length, 10)]
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         path.write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
         return
-    from training.sources import load_dataset
+    from training.data.sources import load_dataset
 
     ds = load_dataset(args.dataset)
     common: dict = {}

@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from graphprompt.encoder import load_encoder
 from graphprompt.graph import BipartiteGraph
+from inference.encoders import open_encoder
 from model_store import ModelStore
 
 
@@ -33,7 +33,7 @@ def main(src: Path) -> None:
         handle = store.open_version(version, verify=True)
         emb = handle.load_npy("item_embeddings.npy")
         handle.load_index()
-        load_encoder(handle.path)
+        open_encoder(handle.path)
         BipartiteGraph.load(handle.path / "graph")
         t_load = time.perf_counter() - t
     print(f"version {src.name}: {size / 2**20:.1f} MiB, {emb.shape[0]} items x {emb.shape[1]}-d")

@@ -18,10 +18,10 @@ app = typer.Typer(
 
 # Modules that each expose `register(app)`. Order is the order of the help text.
 COMMAND_MODULES = [
-    "training.data_cli",
-    "training.evaluate_cli",
-    "training.train_cli",
-    "training.export_cli",
+    "training.data.cli",
+    "training.evaluation.cli",
+    "training.recipe.cli",
+    "training.export.cli",
     "model_store.cli",
     "service.cli",
 ]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -35,15 +34,9 @@ EdgesArg = Edges | Sequence[Edges | None] | None
 
 
 # ------------------------------------------------------------------ neighbourhood
-_PACK_MAGIC = b"EGNB"
-_PACK_VERSION = 1
-# magic, version, user (-1 = none), len(items), len(co_users), len(two_hop_items)
-_PACK_HEADER = struct.Struct("<4sBqIII")
-
-
 @dataclass
 class Neighbourhood:
-    """A user's graph neighbourhood as the prompt builder and the service cache see it.
+    """A user's graph neighbourhood as the prompt builder sees it (service.cache_entry caches it).
 
     ``items``: first-order items (the user's train items, or the history that was passed in, first occurrence
     order kept). ``co_users``: second-order users, most shared items first, ``co_user_weight`` their
@@ -57,58 +50,6 @@ class Neighbourhood:
     two_hop_items: np.ndarray  # int64 item indices
     two_hop_weight: np.ndarray  # float32
     user: int | None = None  # the user the neighbourhood is for (None: a user the graph does not know)
-
-    def pack(self) -> bytes:
-        """Compact binary form (header + little-endian int32 ids and float32 weights); no pickle."""
-        if len(self.co_users) != len(self.co_user_weight) or len(self.two_hop_items) != len(
-            self.two_hop_weight
-        ):
-            raise ValueError("Neighbourhood: ids and weights differ in length")
-        ids = [np.asarray(a, dtype=np.int64) for a in (self.items, self.co_users, self.two_hop_items)]
-        for a in ids:
-            if a.size and (a.min() < 0 or a.max() > np.iinfo(np.int32).max):
-                raise ValueError("Neighbourhood: ids must lie in [0, 2**31) to pack")
-        header = _PACK_HEADER.pack(
-            _PACK_MAGIC, _PACK_VERSION, -1 if self.user is None else int(self.user), *(len(a) for a in ids)
-        )
-        return b"".join(
-            [
-                header,
-                ids[0].astype("<i4").tobytes(),
-                ids[1].astype("<i4").tobytes(),
-                np.asarray(self.co_user_weight, dtype="<f4").tobytes(),
-                ids[2].astype("<i4").tobytes(),
-                np.asarray(self.two_hop_weight, dtype="<f4").tobytes(),
-            ]
-        )
-
-    @classmethod
-    def unpack(cls, data: bytes) -> Neighbourhood:
-        """Inverse of :meth:`pack`; raises ``ValueError`` on anything that is not a packed neighbourhood."""
-        if len(data) < _PACK_HEADER.size:
-            raise ValueError(f"packed neighbourhood too short ({len(data)} bytes)")
-        magic, version, user, n_items, n_users, n_two = _PACK_HEADER.unpack_from(data)
-        if magic != _PACK_MAGIC:
-            raise ValueError("not a packed neighbourhood (bad magic)")
-        if version != _PACK_VERSION:
-            raise ValueError(f"packed neighbourhood version {version} != {_PACK_VERSION}")
-        expected = _PACK_HEADER.size + 4 * (n_items + 2 * n_users + 2 * n_two)
-        if len(data) != expected:
-            raise ValueError(f"packed neighbourhood has {len(data)} bytes, header says {expected}")
-        off = _PACK_HEADER.size
-        parts = []
-        for n, dt in ((n_items, "<i4"), (n_users, "<i4"), (n_users, "<f4"), (n_two, "<i4"), (n_two, "<f4")):
-            parts.append(np.frombuffer(data, dtype=dt, count=n, offset=off))
-            off += 4 * n
-        ids_dtype = np.int64
-        return cls(
-            items=parts[0].astype(ids_dtype),
-            co_users=parts[1].astype(ids_dtype),
-            co_user_weight=parts[2].astype(np.float32),
-            two_hop_items=parts[3].astype(ids_dtype),
-            two_hop_weight=parts[4].astype(np.float32),
-            user=None if user < 0 else int(user),
-        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Neighbourhood):

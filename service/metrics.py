@@ -76,6 +76,11 @@ class Metrics:
         self.reloads = Counter(
             "edgerec_model_reloads_total", "Model reload attempts by outcome.", ["outcome"], registry=r
         )
+        self.load_failing = Gauge(
+            "edgerec_model_load_failing",
+            "1 while the last model load failed (the previous version, if any, keeps serving).",
+            registry=r,
+        )
         self.model_info = Gauge(
             "edgerec_model_info", "1 for the model version being served.", ["version"], registry=r
         )

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphprompt.encoder import Boost, candidate_boosts
-from graphprompt.graph import Neighbourhood
-from graphprompt.prompts import EncodedPrompt, PromptBuilder
+from graphprompt.prompts import EncodedPrompt
+from inference.ranker import Boost
 from service.batcher import MicroBatcher
 from service.cache import Cache, Lookup, RedisUnavailable
+from service.cache_entry import Entry
 from service.config import Settings
 from service.metrics import Metrics
 from service.serving import ServingModel, set_search_threads
@@ -79,73 +78,23 @@ class _Job:
 _Ranked = tuple[np.ndarray, np.ndarray, np.ndarray, Boost | None]
 
 
-# magic, packed neighbourhood length, distance nodes, vector dimension, boosted candidate items
-_ENTRY = struct.Struct("<4sIIII")
-_ENTRY_MAGIC = b"NBD3"
+@dataclass(frozen=True)
+class History:
+    """A user's items as one request sees them (item indices, oldest first, each without repeats)."""
 
+    train: np.ndarray  # in the version's train graph
+    live: np.ndarray  # acknowledged since (Redis), known to this version
+    recent: np.ndarray  # given with this request (``recent_items``)
 
-@dataclass
-class Entry:
-    """What the cache keeps per user and model version, all derived from the user's stored history (train +
-    live) alone: the neighbourhood, the hop distances among the prompt's nodes, and the user vector.
+    @property
+    def stored(self) -> np.ndarray:
+        """Train + live: what the cache entry describes."""
+        return dedup_keep_last(np.concatenate([self.train, self.live]))
 
-    The bounded BFS behind the distances is ~90 % of building a prompt, so a hit's prompt is ~10x cheaper;
-    with the user vector a repeat request for an unchanged user needs no encoder pass at all (only the
-    search). The history fingerprint stored beside the entry (see service.cache) keeps all three current."""
-
-    nbr: Neighbourhood | None = None
-    distances: tuple[np.ndarray, np.ndarray] | None = None  # (sorted node ids, int8 [n, n] hop distances)
-    vector: np.ndarray | None = None  # float32 [D]
-    boost: Boost | None = None  # the candidate prior's (items, boosts) that go with ``vector``
-
-    def pack(self) -> bytes:
-        nb = self.nbr.pack() if self.nbr is not None else b""
-        if self.distances is not None:
-            nodes, dist = self.distances
-        else:
-            nodes, dist = np.zeros(0, np.int64), np.zeros((0, 0), np.int8)
-        vec = np.zeros(0, np.float32) if self.vector is None else np.asarray(self.vector, dtype="<f4")
-        b_items, b_vals = self.boost if self.boost is not None else (_EMPTY, np.zeros(0, np.float32))
-        head = _ENTRY.pack(_ENTRY_MAGIC, len(nb), len(nodes), vec.size, len(b_items))
-        return b"".join(
-            [
-                head,
-                nb,
-                nodes.astype("<i4").tobytes(),
-                np.ascontiguousarray(dist, np.int8).tobytes(),
-                vec.tobytes(),
-                np.asarray(b_items, dtype="<i4").tobytes(),
-                np.asarray(b_vals, dtype="<f4").tobytes(),
-            ]
-        )
-
-    @classmethod
-    def unpack(cls, data: bytes) -> Entry:
-        """Inverse of pack; ValueError on anything malformed (e.g. an entry of an older layout)."""
-        if len(data) < _ENTRY.size:
-            raise ValueError("cache entry too short")
-        magic, n_nb, n, dim, n_boost = _ENTRY.unpack_from(data)
-        if magic != _ENTRY_MAGIC or len(data) != _ENTRY.size + n_nb + 4 * n + n * n + 4 * dim + 8 * n_boost:
-            raise ValueError("not a neighbourhood cache entry")
-        off = _ENTRY.size
-        nbr = Neighbourhood.unpack(data[off : off + n_nb]) if n_nb else None
-        off += n_nb
-        distances = None
-        if n:
-            nodes = np.frombuffer(data, dtype="<i4", count=n, offset=off).astype(np.int64)
-            dist = np.frombuffer(data, dtype=np.int8, count=n * n, offset=off + 4 * n).reshape(n, n)
-            distances = (nodes, dist)
-        off += 4 * n + n * n
-        vector = np.frombuffer(data, dtype="<f4", count=dim, offset=off).astype(np.float32) if dim else None
-        off += 4 * dim
-        boost = None
-        if vector is not None:  # a vector is stored with its boosts (none for a model without the prior)
-            items = np.frombuffer(data, dtype="<i4", count=n_boost, offset=off).astype(np.int64)
-            vals = np.frombuffer(data, dtype="<f4", count=n_boost, offset=off + 4 * n_boost).astype(
-                np.float32
-            )
-            boost = (items, vals)
-        return cls(nbr, distances, vector, boost)
+    @property
+    def all(self) -> np.ndarray:
+        """Stored + recent: what the prompt lists and the answer excludes."""
+        return dedup_keep_last(np.concatenate([self.stored, self.recent]))
 
 
 def dedup_keep_last(x: np.ndarray) -> np.ndarray:
@@ -225,7 +174,7 @@ class Recommender:
         t0 = time.perf_counter()
         try:
             lookup = await self.cache.lookup(model.version, user_id)
-            result = "hit" if lookup.neighbourhood is not None else "miss"
+            result = "hit" if lookup.entry is not None else "miss"
         except RedisUnavailable:
             result = "error"
             reasons.append(CACHE_UNAVAILABLE)
@@ -236,8 +185,8 @@ class Recommender:
         # Live history holds raw ids; ids a newer/older catalogue lacks are skipped, not errors.
         live = self._known_indices(model, lookup.history) if lookup is not None else _EMPTY
         train = model.graph.user_items(u) if u is not None else _EMPTY
-        stored = dedup_keep_last(np.concatenate([train, live]))
-        history = dedup_keep_last(np.concatenate([stored, recent]))
+        hist = History(train, live, recent)
+        history = hist.all
         seen = history if exclude_seen else _EMPTY
         exclude = np.union1d(seen, extra_excl).astype(np.int64)
 
@@ -247,9 +196,7 @@ class Recommender:
         else:
             if u is None:
                 reasons.append(COLD_START)
-            ids, scores = await self._personal(
-                model, user_id, u, lookup, (train, live, stored, recent, history), k, exclude
-            )
+            ids, scores = await self._personal(model, user_id, u, lookup, hist, k, exclude)
 
         if record:
             for r in reasons:
@@ -270,17 +217,17 @@ class Recommender:
         user_id: str,
         u: int | None,
         lookup: Lookup | None,
-        items: tuple[np.ndarray, ...],
+        hist: History,
         k: int,
         exclude: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Prompt → encoder → search, reusing the cache entry where the request allows it. ``items`` holds
-        the user's (train, live, stored = train + live, recent, history = stored + recent) item indices."""
-        train, live, stored, recent, history = items
+        """Prompt → encoder → search, reusing the cache entry where the request allows it."""
+        train, live, recent = hist.train, hist.live, hist.recent
+        stored, history = hist.stored, hist.all
         entry = Entry()
-        if lookup is not None and lookup.neighbourhood is not None:
+        if lookup is not None and lookup.entry is not None:
             try:
-                entry = Entry.unpack(lookup.neighbourhood)
+                entry = Entry.unpack(lookup.entry)
             except ValueError:
                 log.warning("malformed neighbourhood cache entry ignored")
         # The entry describes the stored history only: its neighbourhood and distances serve a request whose
@@ -305,8 +252,8 @@ class Recommender:
         if reuse_vector:
             entry.vector, entry.boost, fresh = vector, boost, True
         if fresh and reuse:
-            packed = entry.pack()
-            self._spawn(self.cache.store_neighbourhood(model.version, user_id, lookup.fingerprint, packed))
+            packed = entry.pack(lookup.fingerprint)
+            self._spawn(self.cache.store_entry(model.version, user_id, packed))
         return ids, scores
 
     def _prompt(
@@ -339,7 +286,8 @@ class Recommender:
         return prompt, fresh
 
     def _run_batch(self, model: ServingModel, jobs: Sequence[_Job]) -> list[_Ranked]:
-        """Encoder + FAISS for one micro-batch (worker thread; both release the GIL while they compute)."""
+        """Encoder + FAISS for one micro-batch (worker thread; both release the GIL while they compute),
+        through the inference core; jobs with a cached user vector skip the encoder."""
         stage = self.metrics.stage_seconds
         vectors = np.empty((len(jobs), model.ranker.dim), dtype=np.float32)
         boosts: list[Boost | None] = [job.boost for job in jobs]
@@ -349,28 +297,18 @@ class Recommender:
                 vectors[i] = job.vector
         if rows:
             t = time.perf_counter()
-            # Length-sorted chunks: padding short prompts to the longest of a big batch costs a CPU more than
-            # extra calls do (measured: 32 mixed prompts ~1.8x slower per prompt than sorted chunks of 8).
-            rows.sort(key=lambda i: len(jobs[i].prompt))
-            step = self.settings.encode_chunk
-            offset = model.builder.tok.item_offset
-            for start in range(0, len(rows), step):
-                chunk = rows[start : start + step]
-                batch = PromptBuilder.collate([jobs[i].prompt for i in chunk])
-                vectors[chunk], cand = model.encoder.encode_full(*batch)
-                found = candidate_boosts(batch[0], cand, offset, [jobs[i].history for i in chunk])
-                for i, b in zip(chunk, found or (), strict=False):
-                    boosts[i] = b
+            prompts = [jobs[i].prompt for i in rows]
+            found, found_boosts = model.encode(
+                prompts, [jobs[i].history for i in rows], self.settings.encode_chunk
+            )
+            vectors[rows] = found
+            for i, b in zip(rows, found_boosts, strict=True):
+                boosts[i] = b
             stage.labels("encode").observe(time.perf_counter() - t)
 
         t = time.perf_counter()
         k_max = max(job.k for job in jobs)
-        ids, scores = model.ranker.search(
-            vectors,
-            k_max,
-            exclude=[job.exclude for job in jobs],
-            boosts=boosts if any(b is not None for b in boosts) else None,
-        )
+        ids, scores = model.search(vectors, k_max, [job.exclude for job in jobs], boosts)
         stage.labels("search").observe(time.perf_counter() - t)
 
         out = []

@@ -10,43 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
-from graphprompt.graph import BipartiteGraph
-from graphprompt.prompts import PromptBuilder, PromptConfig
-from graphprompt.tokenizer import RecTokenizer
-from model_store import ModelStore, VersionHandle
-from model_store.index import Ranker
+from inference.version import EncoderChoice, InferenceVersion, open_version
+from model_store import ModelStore
 from service.batcher import MicroBatcher
 from service.config import Settings
 
 log = logging.getLogger("edgerec.serving")
-
-
-def _load_encoder(handle: VersionHandle, settings: Settings) -> Any:
-    """ONNX Runtime when the version has encoder.onnx (CUDA provider first when present), else torch."""
-    from graphprompt import encoder as enc
-
-    want = settings.encoder
-    onnx_name = enc.ONNX_INT8_FILE if settings.encoder_int8 else enc.ONNX_FILE
-    if want in ("auto", "onnx") and handle.has(onnx_name):
-        providers = ["CPUExecutionProvider"] if settings.use_gpu == "no" else enc.default_providers()
-        threads = settings.encoder_threads or None
-        return enc.OnnxEncoder(handle.file(onnx_name), providers=providers, intra_op_threads=threads)
-    if want == "onnx":
-        raise FileNotFoundError(f"version {handle.version} has no {onnx_name} and EDGEREC_ENCODER=onnx")
-    # The torch fallback (torch imported lazily); the manifest lookups name any missing file.
-    handle.file(enc.TORCH_WEIGHTS_FILE)
-    handle.file(enc.MODEL_CONFIG_FILE)
-    import torch
-
-    if settings.encoder_threads:
-        torch.set_num_threads(settings.encoder_threads)
-    device = "cuda" if settings.use_gpu != "no" and torch.cuda.is_available() else "cpu"
-    return enc.TorchEncoder(handle.path, device=device)
 
 
 def set_search_threads(n: int) -> None:
@@ -61,20 +35,15 @@ def set_search_threads(n: int) -> None:
         faiss.omp_set_num_threads(n)
 
 
-@dataclass(eq=False)
-class ServingModel:
+@dataclass(eq=False, kw_only=True)
+class ServingModel(InferenceVersion):
+    """An opened version (the inference core's) plus what serving adds: store metadata, id lookups, the
+    popularity order for the fallback, and the micro-batcher."""
+
     version: str
     created_at: str
     metrics: dict[str, Any]
     dataset_fingerprint: str | None
-    graph: BipartiteGraph
-    builder: PromptBuilder
-    encoder: Any
-    ranker: Ranker
-    user_ids: list[str]
-    item_ids: list[str]
-    items: list[dict[str, Any]]
-    popularity: np.ndarray
     loaded_at: float = field(default_factory=time.time)
     batcher: MicroBatcher | None = None  # set by the recommender, which owns the batch function
     user_index: dict[str, int] = field(init=False)
@@ -86,10 +55,6 @@ class ServingModel:
         self.item_index = {it: i for i, it in enumerate(self.item_ids)}
         # Stable sort: equal counts keep item order, so the popularity fallback is deterministic.
         self.popular_order = np.argsort(-np.asarray(self.popularity, dtype=np.float64), kind="stable")
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -111,60 +76,30 @@ class ServingModel:
             self.batcher.close()
 
 
-def load_serving_model(settings: Settings, version: str | None = None) -> ServingModel:
-    """Open (and verify) ``version`` (default: the pinned or promoted one) and load every part of it."""
+def encoder_choice(settings: Settings) -> EncoderChoice:
+    return EncoderChoice(
+        prefer=settings.encoder,
+        int8=settings.encoder_int8,
+        use_gpu=settings.use_gpu,
+        threads=settings.encoder_threads or None,
+    )
+
+
+def load_serving_model(settings: Settings, version: str) -> ServingModel:
+    """Open (and verify) ``version`` from the store, load every part through the inference core, check it."""
     t0 = time.perf_counter()
-    store = ModelStore(settings.store_root)
-    handle = store.open_version(version or settings.model_version or None, verify=True)
+    handle = ModelStore(settings.store_root).open_version(version, verify=True)
     m = handle.manifest
-
-    graph = BipartiteGraph.load(handle.path / "graph")
-    cfg = PromptConfig.from_saved(handle.load_json("prompt_config.json"))
-    handle.file("tokenizer.json")
-    tok = RecTokenizer.load(handle.path, counts=cfg.tokenizer)
-    builder = PromptBuilder(tok, graph, cfg)
-    encoder = _load_encoder(handle, settings)
-    item_emb = np.ascontiguousarray(handle.load_npy("item_embeddings.npy", mmap=False), dtype=np.float32)
-    set_search_threads(settings.search_threads)  # for the warm-up below, which runs in this thread
-    index = handle.load_index(use_gpu={"auto": "auto", "yes": True, "no": False}[settings.use_gpu])
-    ranker = Ranker(index, item_emb)
-    user_ids = [str(u) for u in handle.load_json("user_ids.json")]
-    item_ids = [str(i) for i in handle.load_json("item_ids.json")]
-    items = handle.load_json("items.json")
-    popularity = np.asarray(handle.load_npy("popularity.npy", mmap=False), dtype=np.float32)
-
-    n_items = graph.n_items
-    checks = {
-        "item_ids.json": len(item_ids),
-        "items.json": len(items),
-        "popularity.npy": len(popularity),
-        "item_embeddings.npy": item_emb.shape[0],
-        "index.faiss": ranker.n_items,
-    }
-    bad = {name: n for name, n in checks.items() if n != n_items}
-    if bad or len(user_ids) != graph.n_users:
-        raise ValueError(
-            f"version {handle.version} is inconsistent: graph has {graph.n_users} users / {n_items} items, "
-            f"but {bad or {'user_ids.json': len(user_ids)}}"
-        )
-    if encoder.dim != ranker.dim:
-        raise ValueError(f"encoder dim {encoder.dim} != item embedding dim {ranker.dim}")
-
+    set_search_threads(settings.search_threads)  # for the check below, which searches in this thread
+    core = open_version(handle.path, encoder_choice(settings))
     model = ServingModel(
+        **{f.name: getattr(core, f.name) for f in fields(InferenceVersion)},
         version=handle.version,
         created_at=m.created_at,
         metrics=m.metrics.model_dump(),
         dataset_fingerprint=m.dataset_fingerprint,
-        graph=graph,
-        builder=builder,
-        encoder=encoder,
-        ranker=ranker,
-        user_ids=user_ids,
-        item_ids=item_ids,
-        items=items,
-        popularity=popularity,
     )
-    _warm_up(model)
+    model.check()
     log.info(
         "model loaded",
         extra={"version": model.version, "seconds": round(time.perf_counter() - t0, 3), **model.describe()},
@@ -172,36 +107,32 @@ def load_serving_model(settings: Settings, version: str | None = None) -> Servin
     return model
 
 
-def _warm_up(model: ServingModel) -> None:
-    """One real forward pass and search, so a broken version fails here (before any swap) and the first
-    request does not pay for lazy initialisation."""
-    hist = model.graph.user_items(0)[:5] if model.graph.n_users else model.popular_order[:5]
-    prompt = model.builder.predictive(None, np.asarray(hist, dtype=np.int64), None)
-    vec = model.encoder.encode(*PromptBuilder.collate([prompt]))
-    if vec.shape != (1, model.ranker.dim) or not np.isfinite(vec).all():
-        raise ValueError(f"encoder warm-up returned shape {vec.shape} or non-finite values")
-    model.ranker.search(vec, min(10, model.n_items))
-
-
 class ModelHolder:
-    """The one reference to the served model; swapped atomically."""
+    """The one reference to the served model, swapped atomically, and which version it should be.
 
-    def __init__(self) -> None:
+    ``pinned`` is the version an operator asked for (``EDGEREC_MODEL_VERSION`` or ``POST /admin/reload``
+    with a version); while it is set the store poller does not follow promotions. ``last_error`` is the
+    last failed load, kept until a load succeeds."""
+
+    def __init__(self, pinned: str | None = None) -> None:
         self.current: ServingModel | None = None
+        self.pinned = pinned
         self.last_error: str | None = None
+        self.loading: str | None = None
         self._lock = asyncio.Lock()
 
-    async def reload(
-        self, settings: Settings, version: str | None = None, *, prepare=None
-    ) -> tuple[str | None, str]:
-        """Load ``version`` (default: promoted) fully, then swap. Returns (old version, new version).
+    @property
+    def version(self) -> str | None:
+        return self.current.version if self.current is not None else None
+
+    async def swap_to(self, settings: Settings, ref: str, *, prepare=None) -> tuple[str | None, str]:
+        """Load ``ref`` (a version id or alias) fully, then swap. Returns (old version, new version).
 
         ``prepare(model)`` attaches request-path state (the batcher) before the model becomes visible.
-        Concurrent reloads are serialised; loading the version already served is a no-op.
-        """
+        Concurrent loads are serialised; loading the version already served is a no-op."""
         async with self._lock:
-            ref = version or settings.model_version or "current"
             target = await asyncio.to_thread(ModelStore(settings.store_root).resolve, ref)
+            self.loading = target  # what an error during the load is about
             old = self.current
             if old is not None and old.version == target:
                 return old.version, old.version
@@ -209,7 +140,6 @@ class ModelHolder:
             if prepare is not None:
                 prepare(new)
             self.current = new  # the atomic swap: one reference assignment
-            self.last_error = None
             if old is not None:
                 old.retire()
             return (old.version if old else None), new.version

@@ -145,9 +145,9 @@ def tiny_store() -> TinyStore:
         return _STORE["store"]  # type: ignore[return-value]
     import torch
 
-    from training.dataset import prepare
-    from training.export import export_run, publish
-    from training.train import TrainConfig, train
+    from training.data.dataset import prepare
+    from training.export.exporter import export_run, publish
+    from training.recipe.train import TrainConfig, train
 
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="edgerec-service-tests-"))

@@ -30,8 +30,8 @@ def office_users(n_users: int, seed: int | None = None):
     """
     import numpy as np
 
-    from training.dataset import RawInteractions
-    from training.ingest import read_source
+    from training.data.dataset import RawInteractions
+    from training.data.ingest import read_source
 
     raw = read_source(dataset_or_skip("amazon-office"))
     ids = sorted(set(raw.users))

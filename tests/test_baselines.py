@@ -9,12 +9,12 @@ import pytest
 import scipy.sparse as sp
 from shared_data import office_users
 
-from training.baselines import REGISTRY, get, select_and_test
-from training.baselines.base import grid_points, selection_score
-from training.baselines.ease import EASE
-from training.baselines.itemknn import ItemKNN
-from training.baselines.pop import Pop
-from training.evaluation import evaluate
+from training.evaluation.baselines import REGISTRY, get, select_and_test
+from training.evaluation.baselines.base import grid_points, selection_score
+from training.evaluation.baselines.ease import EASE
+from training.evaluation.baselines.itemknn import ItemKNN
+from training.evaluation.baselines.pop import Pop
+from training.evaluation.harness import evaluate
 
 # small budgets: these tests check that each model learns, not how well it can do
 FAST = {
@@ -86,7 +86,7 @@ def test_grid_points_is_the_cross_product():
 # ------------------------------------------------------------------------------------------- real data
 @pytest.fixture(scope="module")
 def office_slice():
-    from training.dataset import prepare
+    from training.data.dataset import prepare
 
     # a fixed random slice of 2,500 users (about 1,500 after 5-core): big enough for co-occurrence to work
     return prepare(office_users(2500, seed=0), "office-slice")

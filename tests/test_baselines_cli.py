@@ -10,7 +10,7 @@ import typer
 from shared_data import office_users
 from typer.testing import CliRunner
 
-from training import evaluate_cli
+from training.evaluation import cli as evaluate_cli
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def app() -> typer.Typer:
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory) -> Path:
-    from training.dataset import prepare
+    from training.data.dataset import prepare
 
     return prepare(office_users(1200, seed=1), "office-tiny").save(
         tmp_path_factory.mktemp("data") / "office-tiny"
@@ -72,7 +72,7 @@ def test_cli_writes_json_markdown_and_png(app, tiny_dataset, tmp_path):
 
 
 def test_extra_rows_join_the_same_table(tiny_dataset, tmp_path):
-    from training.dataset import PreparedDataset
+    from training.data.dataset import PreparedDataset
 
     ds = PreparedDataset.load(tiny_dataset)
     row = {

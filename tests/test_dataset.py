@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from training.dataset import PreparedDataset, RawInteractions, kcore, prepare
+from training.data.dataset import PreparedDataset, RawInteractions, kcore, prepare
 
 
 def _raw(pairs: list[tuple[str, str]], **kw) -> RawInteractions:

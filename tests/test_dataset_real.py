@@ -6,8 +6,8 @@ from pathlib import Path
 
 from shared_data import dataset_or_skip
 
-from training.dataset import PreparedDataset, prepare
-from training.ingest import read_source
+from training.data.dataset import PreparedDataset, prepare
+from training.data.ingest import read_source
 
 
 def test_amazon_office_matches_the_readme(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ SLICE_USERS = 600
 
 def _office_slice(out: Path):
     """The first SLICE_USERS users (by raw id) of amazon-office, their interactions and item text, 3-core."""
-    from training.dataset import prepare
+    from training.data.dataset import prepare
 
     ds = prepare(office_users(SLICE_USERS), "office-slice", k_core=3)
     ds.save(out)
@@ -33,8 +33,8 @@ def trained(tmp_path_factory):
     """(dataset, run dir, version dir, run test metrics) of a tiny model trained and exported once."""
     import torch
 
-    from training.export import export_run
-    from training.train import TrainConfig, train
+    from training.export.exporter import export_run
+    from training.recipe.train import TrainConfig, train
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("export")
@@ -65,8 +65,8 @@ def trained(tmp_path_factory):
 
 def _eval_prompts(run: Path, users: np.ndarray):
     """The prompts training scores users with (all train items, run seed's order, full train graph)."""
-    from training.finetune import PredictiveData
-    from training.train import load_run
+    from training.recipe.finetune import PredictiveData
+    from training.recipe.train import load_run
 
     model, builder = load_run(run)
     seed = json.loads((run / "train_config.json").read_text())["seed"]
@@ -137,8 +137,9 @@ def test_onnx_matches_torch_on_real_prompts(trained) -> None:
     """fp32 ONNX user vectors equal the trained torch model's within 1e-4 (B in {1, 3, 16}, many lengths)."""
     import torch
 
-    from graphprompt.encoder import OnnxEncoder, TorchEncoder
     from graphprompt.prompts import PromptBuilder
+    from inference.encoders import OnnxEncoder
+    from inference.torch_encoder import TorchEncoder
 
     ds, run, version, _ = trained
     users = np.random.default_rng(0).choice(ds.n_users, size=40, replace=False)
@@ -183,10 +184,11 @@ def test_faiss_topk_equals_model_full_scoring(trained) -> None:
     """The exact index over the exported item table returns the model's own top-k, train items excluded."""
     import torch
 
-    from graphprompt.encoder import candidate_boosts, load_encoder
     from graphprompt.prompts import PromptBuilder
-    from model_store.index import Ranker, load_index
-    from training.metrics import mask_items, topk_items
+    from inference.encoders import open_encoder
+    from inference.ranker import Ranker, candidate_boosts
+    from model_store.index import load_index
+    from training.evaluation.metrics import mask_items, topk_items
 
     ds, run, version, _ = trained
     users = np.arange(0, ds.n_users, 4)
@@ -200,7 +202,7 @@ def test_faiss_topk_equals_model_full_scoring(trained) -> None:
         scores = model.item_scores(vec, cand, ids).numpy()
     expected = topk_items(mask_items(scores.copy(), train), 20)
 
-    enc = load_encoder(version, providers=["CPUExecutionProvider"])
+    enc = open_encoder(version, providers=["CPUExecutionProvider"])
     ranker = Ranker(load_index(version, use_gpu=False), np.load(version / "item_embeddings.npy"))
     vectors, copies = enc.encode_full(*batch)
     boosts = candidate_boosts(batch[0], copies, model.cfg.n_words + model.cfg.n_users, excl)
@@ -217,7 +219,7 @@ def test_faiss_topk_equals_model_full_scoring(trained) -> None:
 
 def test_offline_eval_of_version_reproduces_training_metrics(trained) -> None:
     """ONNX encoder + FAISS over the version's own files reproduce the run's test (and valid) metrics."""
-    from training.export import evaluate_version
+    from training.evaluation.version_eval import evaluate_version
 
     ds, run, version, metrics = trained
     for split in ("test", "valid"):
@@ -229,9 +231,9 @@ def test_offline_eval_of_version_reproduces_training_metrics(trained) -> None:
     # the other masking protocol, against the torch model scored by training's own scoring function
     import torch
 
-    from training.evaluation import evaluate
-    from training.finetune import PredictiveData, score_users
-    from training.train import load_run
+    from training.evaluation.harness import evaluate
+    from training.recipe.finetune import PredictiveData, score_users
+    from training.recipe.train import load_run
 
     model, builder = load_run(run)
     seed = json.loads((run / "train_config.json").read_text())["seed"]
@@ -252,8 +254,8 @@ def test_offline_eval_of_version_reproduces_training_metrics(trained) -> None:
 
 
 def test_int8_encoder_is_close_and_recorded(trained) -> None:
-    from graphprompt.encoder import load_encoder
     from graphprompt.prompts import PromptBuilder
+    from inference.encoders import open_encoder
 
     ds, run, version, _ = trained
     info = json.loads((version / "export.json").read_text())
@@ -261,8 +263,8 @@ def test_int8_encoder_is_close_and_recorded(trained) -> None:
     assert info["int8"]["min_cosine"] > 0.99
     _, prompts = _eval_prompts(run, np.arange(16))
     batch = PromptBuilder.collate(prompts)
-    fp = load_encoder(version, providers=["CPUExecutionProvider"]).encode(*batch)
-    q = load_encoder(version, providers=["CPUExecutionProvider"], int8=True).encode(*batch)
+    fp = open_encoder(version, providers=["CPUExecutionProvider"]).encode(*batch)
+    q = open_encoder(version, providers=["CPUExecutionProvider"], int8=True).encode(*batch)
     cos = (fp * q).sum(1) / (np.linalg.norm(fp, axis=1) * np.linalg.norm(q, axis=1))
     assert cos.min() > 0.99
     assert np.abs(fp - q).max() > 0  # it is a different (quantised) graph, not a copy
@@ -312,7 +314,7 @@ def test_cli_errors_are_clear(trained, tmp_path) -> None:
 
 
 def test_export_refuses_another_dataset(trained, tmp_path) -> None:
-    from training.export import ExportError, export_run
+    from training.export.exporter import ExportError, export_run
 
     ds, run, _, _ = trained
     other = ds.__class__(**{**ds.__dict__, "fingerprint": "0" * 64})

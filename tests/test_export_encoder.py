@@ -1,4 +1,4 @@
-"""Mechanics of the encoder export and of graphprompt.encoder on a tiny random GraphGPT (no dataset needed).
+"""Mechanics of the encoder export and of inference.encoders on a tiny random GraphGPT (no dataset needed).
 
 The trained-model parity checks live in test_export.py; these cover both exporters, the input checks, the
 encoder loader's choices and the export's refusal to keep an encoder that disagrees with torch.
@@ -13,15 +13,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from graphprompt.encoder import (  # noqa: E402
+from inference.encoders import (  # noqa: E402
     OnnxEncoder,
-    TorchEncoder,
     check_inputs,
     default_providers,
-    load_encoder,
+    open_encoder,
 )
-from training.export import ExportError, _export_checked, export_onnx  # noqa: E402
-from training.model import GraphGPT, ModelConfig  # noqa: E402
+from inference.torch_encoder import TorchEncoder  # noqa: E402
+from inference.torch_model import GraphGPT, ModelConfig  # noqa: E402
+from training.export.exporter import ExportError, _export_checked, export_onnx  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -119,26 +119,28 @@ def test_too_long_prompts_are_refused(model) -> None:
         check_inputs(*_batch(model.cfg, 1, 65, 0), max_length=64)
 
 
-def test_load_encoder_choices(model, dynamo_onnx, tmp_path) -> None:
+def test_open_encoder_choices(model, dynamo_onnx, tmp_path) -> None:
     folder = tmp_path / "version"
     model.save(folder, "encoder.safetensors")
-    assert isinstance(load_encoder(folder), TorchEncoder)  # no ONNX yet: torch fallback
+    assert isinstance(open_encoder(folder), TorchEncoder)  # no ONNX yet: torch fallback
     with pytest.raises(FileNotFoundError, match="no INT8 encoder"):
-        load_encoder(folder, int8=True)
+        open_encoder(folder, int8=True)
     shutil.copyfile(dynamo_onnx, folder / "encoder.onnx")
-    onnx_enc = load_encoder(folder, providers=["CPUExecutionProvider"])
-    torch_enc = load_encoder(folder, prefer="torch")
+    onnx_enc = open_encoder(folder, providers=["CPUExecutionProvider"])
+    torch_enc = open_encoder(folder, prefer="torch")
     assert isinstance(onnx_enc, OnnxEncoder) and isinstance(torch_enc, TorchEncoder)
     assert onnx_enc.providers == ["CPUExecutionProvider"] and torch_enc.providers == ["torch:cpu"]
     batch = _batch(model.cfg, 4, 10, 3)
     assert np.abs(onnx_enc.encode(*batch) - torch_enc.encode(*batch)).max() <= 1e-5
-    with pytest.raises(ValueError, match="prefer must be"):
-        load_encoder(folder, prefer="tf")
+    with pytest.raises(ValueError, match="encoder must be"):
+        open_encoder(folder, prefer="tf")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no encoder"):
-        load_encoder(tmp_path / "empty")
+        open_encoder(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="ONNX encoder was required"):
+        open_encoder(tmp_path / "empty", prefer="onnx")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_encoder(tmp_path / "missing")
+        open_encoder(tmp_path / "missing")
 
 
 def test_onnx_encoder_rejects_a_foreign_graph(tmp_path) -> None:

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import shortest_path
 from shared_data import DATASETS
 
-from graphprompt.graph import BipartiteGraph, Neighbourhood
+from graphprompt.graph import BipartiteGraph
 
 
 def graph_from_edges(n_users: int, n_items: int, edges: list[tuple[int, int]]) -> BipartiteGraph:
@@ -351,38 +351,6 @@ def test_neighbourhood_matches_dense_reference(seed):
         assert nb.two_hop_weight.tolist() == [co[j] for j in items]
 
 
-# ---------------------------------------------------------------- packed form
-def test_pack_round_trip(nbr):
-    for nb in (nbr.neighbourhood(0), nbr.neighbourhood(None, np.array([3])), nbr.neighbourhood(1, n_users=0)):
-        data = nb.pack()
-        assert isinstance(data, bytes)
-        back = Neighbourhood.unpack(data)
-        assert back == nb
-        assert back.items.dtype == np.int64 and back.two_hop_weight.dtype == np.float32
-    nb = nbr.neighbourhood(0)
-    assert len(nb.pack()) == 25 + 4 * (3 + 2 * 3 + 2 * 2)
-
-
-def test_unpack_rejects_garbage(nbr):
-    data = nbr.neighbourhood(0).pack()
-    with pytest.raises(ValueError, match="too short"):
-        Neighbourhood.unpack(data[:5])
-    with pytest.raises(ValueError, match="bad magic"):
-        Neighbourhood.unpack(b"XXXX" + data[4:])
-    with pytest.raises(ValueError, match="bytes, header says"):
-        Neighbourhood.unpack(data[:-4])
-    with pytest.raises(ValueError, match="version"):
-        Neighbourhood.unpack(data[:4] + b"\x09" + data[5:])
-
-
-def test_pack_rejects_inconsistent_lengths():
-    nb = Neighbourhood(
-        np.array([1]), np.array([2, 3]), np.array([1.0], np.float32), np.array([]), np.array([])
-    )
-    with pytest.raises(ValueError, match="differ in length"):
-        nb.pack()
-
-
 # ---------------------------------------------------------------- persistence
 def test_save_load_round_trip(tmp_path, path):
     folder = path.save(tmp_path / "graph")
@@ -419,8 +387,8 @@ def test_amazon_office_against_scipy_bfs():
     root = DATASETS / "amazon-office"
     if not root.exists():
         pytest.skip(f"real dataset not found at {root} (see shared/datasets/README.md)")
-    from training.dataset import prepare
-    from training.ingest import read_recbole
+    from training.data.dataset import prepare
+    from training.data.ingest import read_recbole
 
     train = prepare(read_recbole(root), "amazon-office").train
     g = BipartiteGraph.from_matrix(train).warm()

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inference.ranker import Ranker
 from model_store import ModelStore
-from model_store.index import Ranker, build_index, gpu_available, load_index, measure_recall
+from model_store.index import build_index, gpu_available, load_index, measure_recall
 
 
 def numpy_topk(emb: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.dataset import prepare
-from training.ingest import DataFormatError, ReadOptions, detect_format, read_source
-from training.ingest_amazon import read_amazon
+from training.data.amazon import read_amazon
+from training.data.dataset import prepare
+from training.data.ingest import DataFormatError, ReadOptions, detect_format, read_source
 
 REVIEWS_2018 = [
     {

@@ -9,8 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from training.data_cli import register
-from training.dataset import PreparedDataset
+from training.data.cli import register
+from training.data.dataset import PreparedDataset
 
 
 @pytest.fixture

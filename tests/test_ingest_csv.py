@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.ingest import DataFormatError, ReadOptions, detect_format, read_source
+from training.data.ingest import DataFormatError, ReadOptions, detect_format, read_source
 
 
 def _write(path: Path, text: str, gz: bool = False) -> Path:

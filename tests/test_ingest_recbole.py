@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.ingest import DataFormatError, detect_format, read_recbole, read_source
+from training.data.ingest import DataFormatError, detect_format, read_recbole, read_source
 
 INTER = (
     "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"

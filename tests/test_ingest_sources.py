@@ -9,8 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from training.ingest import read_source
-from training.sources import KNOWN, MARKER, SourceError, WheelDataset, cached, extract_dataset, fetch, resolve
+from training.data.ingest import read_source
+from training.data.sources import (
+    KNOWN,
+    MARKER,
+    SourceError,
+    WheelDataset,
+    cached,
+    extract_dataset,
+    fetch,
+    resolve,
+)
 
 TOY = WheelDataset(
     requirement="toy==0",

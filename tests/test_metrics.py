@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.evaluation import evaluate, known_items
-from training.metrics import (
+from training.evaluation.harness import evaluate, known_items
+from training.evaluation.metrics import (
     MetricAccumulator,
     batch_metrics,
     hit_matrix,

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from training.model import MASK_MIN, GraphGPT, ModelConfig, svd_factors
+from inference.torch_model import MASK_MIN, GraphGPT, ModelConfig, svd_factors
 
 V, U, N_ITEMS = 40, 6, 9
 

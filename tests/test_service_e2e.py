@@ -136,7 +136,7 @@ def test_answer_is_the_models_own_top_k_candidate_prior_included(http, store):
     import numpy as np
     import torch
 
-    from graphprompt.encoder import TorchEncoder
+    from inference.torch_encoder import TorchEncoder
     from service.serving import load_serving_model
 
     settings = make_settings(store, store.root.parent / "own-top-k")
@@ -304,7 +304,7 @@ def test_hot_swap_under_concurrent_load(http, store, served):
         ModelStore(store.root).promote(v2)
         r = http.post("/admin/reload", headers={"X-API-Key": ADMIN})
         assert r.status_code == 200, r.text
-        assert r.json() == {"previous_version": v1, "version": v2, "changed": True}
+        assert r.json() == {"previous_version": v1, "version": v2, "changed": True, "pinned": False}
         time.sleep(0.2)  # requests that picked v1 just before the swap finish on it
         swapped.set()
         time.sleep(1.0)
@@ -320,10 +320,15 @@ def test_hot_swap_under_concurrent_load(http, store, served):
     # back to v1 by name, and a reload of the served version is a no-op
     assert http.post("/admin/reload", json={"version": v1}, headers={"X-API-Key": ADMIN}).json()["changed"]
     same = http.post("/admin/reload", json={"version": v1}, headers={"X-API-Key": ADMIN}).json()
-    assert same == {"previous_version": v1, "version": v1, "changed": False}
+    assert same == {"previous_version": v1, "version": v1, "changed": False, "pinned": True}
+    assert http.get("/readyz").json()["detail"] == f"pinned to {v1}"
     missing = http.post("/admin/reload", json={"version": "v20000101-000000-000-00000000"},
                         headers={"X-API-Key": ADMIN})  # fmt: skip
     assert missing.status_code == 404 and http.get("/model").json()["version"] == v1
+    assert f"kept serving {v1}" in missing.json()["detail"]
+    # a reload without a version unpins and follows CURRENT again
+    unpinned = http.post("/admin/reload", headers={"X-API-Key": ADMIN}).json()
+    assert unpinned == {"previous_version": v1, "version": v1, "changed": False, "pinned": False}
 
 
 # ---------------------------------------------------------------------------------- Redis outage
@@ -424,7 +429,7 @@ def test_schemathesis_finds_no_server_errors(served):
 # ---------------------------------------------------------------------------------- encoders
 def test_torch_encoder_serves_a_version_without_onnx(http, store, served, tmp_path):
     """A version that holds only the torch weights is served by the torch fallback, with the same answers."""
-    from training.export import publish
+    from training.export.exporter import publish
 
     _, url, prefix = served
     src = ModelStore(store.root).path(store.versions[0])

@@ -30,7 +30,7 @@ TINY = dict(
 
 @pytest.fixture(scope="module")
 def office_slice(tmp_path_factory) -> Path:
-    from training.dataset import prepare
+    from training.data.dataset import prepare
 
     out = tmp_path_factory.mktemp("office") / "office-300"
     prepare(office_users(300), "office-300", k_core=3).save(out)
@@ -38,14 +38,14 @@ def office_slice(tmp_path_factory) -> Path:
 
 
 def _cfg(data: Path, run: Path, **kw):
-    from training.train import TrainConfig
+    from training.recipe.train import TrainConfig
 
     return TrainConfig(dataset=str(data), run_dir=str(run), **{**TINY, **kw})
 
 
 def _popularity(data: Path) -> dict:
-    from training.dataset import PreparedDataset
-    from training.evaluation import evaluate
+    from training.data.dataset import PreparedDataset
+    from training.evaluation.harness import evaluate
 
     ds = PreparedDataset.load(data)
     pop = np.asarray(ds.train.sum(0)).ravel().astype(np.float32)
@@ -57,7 +57,7 @@ def _records(run: Path) -> list[dict]:
 
 
 def test_end_to_end_beats_popularity(office_slice: Path, tmp_path: Path) -> None:
-    from training.train import load_run, train
+    from training.recipe.train import load_run, train
 
     torch.set_num_threads(1)
     cfg = _cfg(
@@ -85,7 +85,7 @@ def test_end_to_end_beats_popularity(office_slice: Path, tmp_path: Path) -> None
 def test_resume_matches_uninterrupted(office_slice: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from training.train import train
+    from training.recipe.train import train
 
     torch.set_num_threads(1)
     kw = dict(pretrain_rounds=1, content_warmup=0, epochs=3, patience=3)
@@ -120,7 +120,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> N
     env = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank))
     os.environ.update(env, LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from training.train import TrainConfig, train
+    from training.recipe.train import TrainConfig, train
 
     metrics = train(TrainConfig.from_dict(cfg_dict), quiet=True)
     if rank == 0:
@@ -130,7 +130,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str) -> N
 def test_ddp_two_processes_agree_with_one(office_slice: Path, tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
-    from training.train import train
+    from training.recipe.train import train
 
     torch.set_num_threads(1)
     # no dropout, so the only difference is how the batch's gradient is summed (per rank, then all-reduced)
@@ -151,9 +151,9 @@ def test_ddp_two_processes_agree_with_one(office_slice: Path, tmp_path: Path) ->
 
 def test_evaluate_run_reproduces_training_metrics(office_slice: Path, tmp_path: Path) -> None:
     """`edgerec evaluate --run` rescores a finished run; it must give the run's own metrics.json figures."""
-    from training.dataset import PreparedDataset
-    from training.run_eval import evaluate_run
-    from training.train import train
+    from training.data.dataset import PreparedDataset
+    from training.evaluation.run import evaluate_run
+    from training.recipe.train import train
 
     torch.set_num_threads(1)
     run = tmp_path / "run"
@@ -167,8 +167,8 @@ def test_evaluate_run_reproduces_training_metrics(office_slice: Path, tmp_path: 
 
 
 def test_precision_is_validated_and_fp32_means_no_autocast():
-    from training import loop
-    from training.train import TrainConfig
+    from training.recipe import loop
+    from training.recipe.train import TrainConfig
 
     with pytest.raises(ValueError, match="precision must be one of"):
         TrainConfig(dataset="x", precision="fp16")

@@ -48,9 +48,19 @@ async def get_model(state: StateDep) -> ServingModel:
     """The model at the start of the request; the request keeps it even if a hot swap happens meanwhile."""
     model = state.holder.current
     if model is None:
+        settings = state.settings
+        store = f"no version is promoted in the model store ({settings.store_root})"
+        why = state.holder.last_error or store
+        follow = (
+            f"the service checks the store every {settings.model_poll_s:g} s and loads a promoted version "
+            "by itself (`edgerec export RUN --promote` or `edgerec models promote VERSION`)"
+            if settings.model_poll_s > 0
+            else "the store poller is off (EDGEREC_MODEL_POLL_S=0): restart the service after promoting, "
+            "or POST /admin/reload (needs EDGEREC_ADMIN_API_KEY)"
+        )
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="no model loaded yet: promote a version (edgerec models promote) and POST /admin/reload",
+            detail=f"no model loaded yet: {why}; {follow}",
             headers={"Retry-After": "5"},
         )
     return model
@@ -105,3 +115,40 @@ ApiKey = Depends(require_api_key)
 ProbeKey = Depends(require_probe_key)
 MetricsKey = Depends(require_metrics_key)
 AdminKey = Depends(require_admin_key)
+
+
+_AUTH_CHECKS = {
+    require_api_key: lambda s: s.api_key is not None,
+    require_probe_key: lambda s: s.api_key is not None and not s.auth_exempt_probes,
+    require_metrics_key: lambda s: s.api_key is not None and not s.auth_exempt_metrics,
+}
+
+
+def _auth_calls(dependant) -> list:
+    calls = [dependant.call] if dependant.call in (*_AUTH_CHECKS, require_admin_key) else []
+    for sub in dependant.dependencies:
+        calls += _auth_calls(sub)
+    return calls
+
+
+async def auth_error(request: Request) -> HTTPException | None:
+    """The 401/403 a request would get from its route's key check, or None.
+
+    FastAPI parses a JSON body before it runs any dependency, so a malformed body would be answered 422 before
+    the key is checked; the 422 handler asks this first, so an unauthenticated caller learns nothing about
+    the body's rules and always gets the 401."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return None
+    settings: Settings = request.app.state.settings
+    given = request.headers.get("x-api-key")
+    for call in _auth_calls(dependant):
+        try:
+            if call is require_admin_key:
+                await require_admin_key(settings, given)
+            elif _AUTH_CHECKS[call](settings):
+                _check(settings.api_key.get_secret_value(), given, "API key")
+        except HTTPException as exc:
+            return exc
+    return None

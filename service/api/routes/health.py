@@ -35,4 +35,10 @@ async def readyz(state: StateDep, response: Response) -> ReadyResponse:
             cache="ok" if cache_ok else "unavailable",
             detail=state.holder.last_error or "no model loaded",
         )
-    return ReadyResponse(ready=True, model_version=model.version, cache="ok" if cache_ok else "unavailable")
+    # Ready, but say so when a newer load failed and this version kept serving, or a version is pinned.
+    detail = state.holder.last_error
+    if state.holder.pinned:
+        detail = (detail + "; " if detail else "") + f"pinned to {state.holder.pinned}"
+    return ReadyResponse(
+        ready=True, model_version=model.version, cache="ok" if cache_ok else "unavailable", detail=detail
+    )

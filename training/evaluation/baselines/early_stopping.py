@@ -14,8 +14,8 @@ from typing import Any
 
 import scipy.sparse as sp
 
-from training.baselines.base import selection_score, validation_view
-from training.evaluation import evaluate
+from training.evaluation.baselines.base import selection_score, validation_view
+from training.evaluation.harness import evaluate
 
 
 class EarlyStopping:

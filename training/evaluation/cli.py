@@ -3,14 +3,15 @@
     edgerec evaluate --baselines DATASET [--only ease,itemknn] [--out DIR] [--seed N] [--budget S]
 
 DATASET is a prepared folder, a prepared dataset's name under ``$EDGEREC_HOME/data``, or a raw source
-(read with ``training.ingest.read_source`` and split with the paper's protocol). Each baseline's
+(read with ``training.data.ingest.read_source`` and split with the paper's protocol). Each baseline's
 hyper-parameters are chosen on validation; test is evaluated once.
 Writes ``baselines-<dataset>.{json,md,png}``.
 
 Extension point for trained models: ``--run DIR`` rows come from the function named by ``RUN_EVALUATOR``
 (``"module:function"``, called as ``fn(run_dir: Path, dataset: PreparedDataset) -> dict``) returning a row of
 the same shape as ``BaselineResult.to_dict()``: ``model``, ``params``, ``valid`` and ``test`` metric dicts
-from ``training.evaluation.evaluate``, ``fit_seconds``. :func:`evaluate_rows` takes such extra rows directly.
+from ``training.evaluation.harness.evaluate``, ``fit_seconds``. :func:`evaluate_rows` takes such extra rows
+directly.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import typer
 
 # "module:function" that turns a training run folder into a result row; implemented by the training area.
-RUN_EVALUATOR = "training.run_eval:evaluate_run"
+RUN_EVALUATOR = "training.evaluation.run:evaluate_run"
 DEFAULT_OUT = Path("benchmarks/results")
 ITERATIVE = {"lightgcn", "multivae"}
 
@@ -62,7 +63,7 @@ def run_baselines(
     overrides: dict[str, dict[str, list[Any]]] | None = None,
     log=print,
 ) -> list[dict[str, Any]]:
-    from training.baselines import get, select_and_test
+    from training.evaluation.baselines import get, select_and_test
 
     rows = []
     for name in names:
@@ -98,7 +99,7 @@ def evaluate_rows(
     dataset, rows: list[dict[str, Any]], out_dir: Path, command: str, merge: bool = False
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Write the table for ``rows`` (baselines and extra rows); ``merge`` keeps other models' rows."""
-    from training.baselines.report import build_document, merge_rows, write_outputs
+    from training.evaluation.baselines.report import build_document, merge_rows, write_outputs
 
     stem = f"baselines-{dataset.name}"
     existing = out_dir / f"{stem}.json"
@@ -116,7 +117,7 @@ def print_table(doc: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from training.baselines.report import fmt_params, tuned_params
+    from training.evaluation.baselines.report import fmt_params, tuned_params
 
     ds = doc["dataset"]
     table = Table(title=f"{ds['name']}: test (hyper-parameters chosen on validation)")
@@ -153,7 +154,7 @@ def evaluate_cmd(
     threads: int = typer.Option(1, "--threads", help="BLAS/torch threads (shared machines: keep 1)."),
 ) -> None:
     """Evaluate baselines and/or trained runs with the paper's protocol; print and write a results table."""
-    from training.baselines import REGISTRY
+    from training.evaluation.baselines import REGISTRY
 
     if not baselines and not run:
         raise _fail("nothing to evaluate: give --baselines and/or --run DIR")
@@ -179,7 +180,7 @@ def evaluate_cmd(
     with threadpool_limits(limits=threads):
         try:
             t0 = time.perf_counter()
-            from training.sources import load_dataset
+            from training.data.sources import load_dataset
 
             ds = load_dataset(dataset, split_seed)
             typer.echo(f"{ds.name}: {ds.n_users} users, {ds.n_items} items ({time.perf_counter() - t0:.1f}s)")

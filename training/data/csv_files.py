@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.dataset import RawInteractions
-from training.ingest import (
+from training.data.dataset import RawInteractions
+from training.data.ingest import (
     DataFormatError,
     ReadOptions,
     canonical_field,

@@ -31,13 +31,14 @@ from graphprompt.bias import BiasConfig
 from graphprompt.graph import BipartiteGraph
 from graphprompt.prompts import PromptBuilder, PromptConfig
 from graphprompt.tokenizer import RecTokenizer, item_corpus
-from training import loop
-from training.dataset import PreparedDataset
-from training.evaluation import evaluate
-from training.finetune import PredictiveData, score_users, targets_matrix, to_tensors
-from training.model import GraphGPT, ModelConfig
-from training.pretrain import PretrainData
-from training.sources import edgerec_home, load_dataset
+from inference.torch_model import GraphGPT, ModelConfig
+from inference.version import load_builder
+from training.data.dataset import PreparedDataset
+from training.data.sources import edgerec_home, load_dataset
+from training.evaluation.harness import evaluate
+from training.recipe import loop
+from training.recipe.finetune import PredictiveData, score_users, targets_matrix, to_tensors
+from training.recipe.pretrain import PretrainData
 
 
 @dataclass
@@ -217,13 +218,10 @@ def _tokenizer(cfg: TrainConfig, data: PreparedDataset, run_dir: Path) -> RecTok
 
 
 def load_run(run_dir: str | Path, weights: str = "model.safetensors", device: str = "cpu"):
-    """(model, builder) of a trained run: what serving-side code and the exporter need."""
+    """(model, builder) of a trained run: what the exporter and the run's evaluation need. The builder
+    comes from the inference core's ``load_builder``, the same one a version is opened with."""
     run_dir = Path(run_dir)
-    model = GraphGPT.load(run_dir, weights, device)
-    pcfg = PromptConfig.load(run_dir / "prompt_config.json")
-    tok = RecTokenizer.load(run_dir, pcfg.tokenizer)
-    graph = BipartiteGraph.load(run_dir / "graph")
-    return model, PromptBuilder(tok, graph, pcfg)
+    return GraphGPT.load(run_dir, weights, device), load_builder(run_dir)
 
 
 # ------------------------------------------------------------------------------------------------ stages

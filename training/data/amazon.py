@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from training.dataset import RawInteractions
-from training.ingest import DataFormatError, clean_text, iter_lines
+from training.data.dataset import RawInteractions
+from training.data.ingest import DataFormatError, clean_text, iter_lines
 
 
 @dataclass(frozen=True)

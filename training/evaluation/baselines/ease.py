@@ -14,7 +14,7 @@ import numpy as np
 import scipy.linalg.lapack as lapack
 import scipy.sparse as sp
 
-from training.baselines.base import Recommender
+from training.evaluation.baselines.base import Recommender
 
 
 class EASE(Recommender):

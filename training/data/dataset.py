@@ -1,6 +1,6 @@
 """Prepared datasets: the one in-memory and on-disk form every later step reads.
 
-Readers (``training.ingest``) produce :class:`RawInteractions`; :func:`prepare` filters (rating threshold,
+Readers (``training.data.ingest``) produce :class:`RawInteractions`; :func:`prepare` filters (rating threshold,
 iterative k-core), maps ids densely, splits, and returns a :class:`PreparedDataset`, which saves to and loads
 from a folder of ``.npy`` + JSON files (no pickle), fast: amazon-beauty loads in well under a second.
 """

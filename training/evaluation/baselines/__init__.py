@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import importlib
 
-from training.baselines.base import BaselineResult, Recommender, select_and_test
+from training.evaluation.baselines.base import BaselineResult, Recommender, select_and_test
 
 # CLI name -> "module:Class"; order is the order of the results table
 REGISTRY: dict[str, str] = {
-    "pop": "training.baselines.pop:Pop",
-    "itemknn": "training.baselines.itemknn:ItemKNN",
-    "itemknn-noshrink": "training.baselines.itemknn:ItemKNNNoShrink",
-    "ease": "training.baselines.ease:EASE",
-    "lightgcn": "training.baselines.lightgcn:LightGCN",
-    "multivae": "training.baselines.multivae:MultiVAE",
+    "pop": "training.evaluation.baselines.pop:Pop",
+    "itemknn": "training.evaluation.baselines.itemknn:ItemKNN",
+    "itemknn-noshrink": "training.evaluation.baselines.itemknn:ItemKNNNoShrink",
+    "ease": "training.evaluation.baselines.ease:EASE",
+    "lightgcn": "training.evaluation.baselines.lightgcn:LightGCN",
+    "multivae": "training.evaluation.baselines.multivae:MultiVAE",
 }
 
 

@@ -1,7 +1,7 @@
-"""Readers that turn a data source into :class:`training.dataset.RawInteractions`.
+"""Readers that turn a data source into :class:`training.data.dataset.RawInteractions`.
 
-Formats: RecBole atomic files (here), Amazon review JSON lines 2018/2023 (``training.ingest_amazon``)
-and CSV/TSV with named columns (``training.ingest_csv``). :func:`read_source` picks the reader and
+Formats: RecBole atomic files (here), Amazon review JSON lines 2018/2023 (``training.data.amazon``)
+and CSV/TSV with named columns (``training.data.csv_files``). :func:`read_source` picks the reader and
 :func:`detect_format` guesses the format from the content. Gzip is recognised by its magic bytes, never by
 the file name. Malformed input raises :class:`DataFormatError` naming the file, line and field; readers
 never write anything.
@@ -19,7 +19,7 @@ from typing import IO
 
 import numpy as np
 
-from training.dataset import RawInteractions
+from training.data.dataset import RawInteractions
 
 FORMATS = ("auto", "recbole", "amazon2018", "amazon2023", "csv")
 TEXT_FIELDS_RECBOLE = {"title", "movie_title", "brand", "categories", "class", "description", "release_year"}
@@ -245,7 +245,7 @@ def _detect_file(path: Path) -> str:
         return "recbole"
     first = _peek_first_line(path).lstrip()
     if first.startswith("{"):
-        from training.ingest_amazon import detect_layout
+        from training.data.amazon import detect_layout
 
         return detect_layout(path)
     cols = first.split("\t")
@@ -263,8 +263,8 @@ def detect_format(source: str | Path) -> str:
         return _detect_file(p)
     if any(p.glob("*.inter")):
         return "recbole"
-    from training.ingest_amazon import find_amazon_files
-    from training.ingest_csv import find_csv_file
+    from training.data.amazon import find_amazon_files
+    from training.data.csv_files import find_csv_file
 
     json_files = find_amazon_files(p, None)
     if json_files is not None:
@@ -290,10 +290,10 @@ def read_source(source: str | Path, fmt: str = "auto", options: ReadOptions | No
     if fmt == "recbole":
         return read_recbole(p)
     if fmt in ("amazon2018", "amazon2023"):
-        from training.ingest_amazon import read_amazon
+        from training.data.amazon import read_amazon
 
         return read_amazon(p, layout=fmt, meta=opts.meta)
-    from training.ingest_csv import read_csv
+    from training.data.csv_files import read_csv
 
     return read_csv(p, opts)
 

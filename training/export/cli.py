@@ -48,8 +48,8 @@ def export_cmd(
 ) -> None:
     """Export RUN_DIR as a model version (ONNX encoder, item embeddings, FAISS index, graph, metadata)."""
     from model_store import ModelStoreError
-    from training.export import ExportError, export_run
-    from training.export import publish as publish_folder
+    from training.export.exporter import ExportError, export_run
+    from training.export.exporter import publish as publish_folder
 
     if promote and not publish:
         typer.echo("error: --promote needs --publish", err=True)

@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.dataset import chmod_like_mkdir
+from training.data.dataset import chmod_like_mkdir
 
 
 class SourceError(RuntimeError):
@@ -161,8 +161,8 @@ def resolve(source: str, dest_root: Path | None = None) -> Path:
 def load_dataset(spec: str, split_seed: int = 98765):
     """A prepared folder (``meta.json``), a prepared dataset's name under $EDGEREC_HOME/data, or a raw source
     (read and prepared in memory with the paper's split). Used by train, evaluate and export alike."""
-    from training.dataset import PreparedDataset, prepare
-    from training.ingest import read_source
+    from training.data.dataset import PreparedDataset, prepare
+    from training.data.ingest import read_source
 
     p = Path(spec)
     if (p / "meta.json").exists():

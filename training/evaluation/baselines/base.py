@@ -2,7 +2,7 @@
 
 In the spirit of benfred/implicit's ``RecommenderBase``: a model is built from keyword hyper-parameters,
 ``fit`` on a users x items CSR train matrix (iterative models may early-stop on ``valid``), and ``score``
-returns dense scores for a batch of users, which :func:`training.evaluation.evaluate` masks and ranks.
+returns dense scores for a batch of users, which :func:`training.evaluation.harness.evaluate` masks and ranks.
 Models score from the train matrix they were fitted on; nothing here sees the test split until
 :func:`select_and_test` reports it once.
 """
@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from training.evaluation import DEFAULT_KS, DEFAULT_NDCG_KS, evaluate
+from training.evaluation.harness import DEFAULT_KS, DEFAULT_NDCG_KS, evaluate
 
 # The selection criterion of DESIGN.md §1 (the paper picks checkpoints on R@20 + R@40 + N@100 of validation).
 SELECTION_METRICS = ("recall@20", "recall@40", "ndcg@100")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from training.metrics import MetricAccumulator, batch_metrics, metric_names
+from training.evaluation.metrics import MetricAccumulator, batch_metrics, metric_names
 
 ScoreFn = Callable[[np.ndarray], Any]  # user indices [B] -> scores [B, I] (numpy or torch)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from training.baselines.base import Recommender
+from training.evaluation.baselines.base import Recommender
 
 
 class Pop(Recommender):

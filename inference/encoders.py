@@ -1,8 +1,8 @@
 """Prompt encoders behind one small interface: prompt tensors in, user vectors out.
 
-A model version (docs/ARCHITECTURE.md §4) carries the GPT-2 body twice: ``encoder.onnx`` (served with ONNX
-Runtime, no torch needed) and ``encoder.safetensors`` + ``model_config.json`` (the torch fallback). Both take
-the output of ``PromptBuilder.collate``::
+A model version (docs/ARCHITECTURE.md) carries the GPT-2 body twice: ``encoder.onnx`` (served with ONNX
+Runtime, no torch needed) and ``encoder.safetensors`` + ``model_config.json`` (the torch encoder, in
+``inference.torch_encoder``). Both take the output of ``PromptBuilder.collate``::
 
     input_ids       int64   [B, L]
     attention_mask  int64   [B, L]   1 for real tokens, 0 for padding
@@ -10,19 +10,16 @@ the output of ``PromptBuilder.collate``::
 
 and return ``user_vector`` float32 ``[B, D]``; ``scores = item_embeddings @ user_vector``. A model with the
 candidate prior has a second output, ``candidate_scores`` float32 ``[B, L]``: a non-negative score per prompt
-position, added to the score of the item that position names (:func:`candidate_boosts` turns it into per-user
-(items, boosts) for ``Ranker.search``; the history is never boosted).
+position, added to the score of the item that position names (``inference.ranker``).
 
-Training and serving both import this module, so it must not import torch, transformers or training at module
-level: :class:`TorchEncoder` imports them lazily, only when a version has no ONNX encoder (or a caller asks
-for it). The idea of one interface with run-time-chosen implementations follows benfred/implicit's
-recommender base.
+:func:`open_encoder` is the one rule for choosing between them. This module never imports torch; the torch
+encoder is imported only when chosen. The idea of one interface with run-time-chosen implementations follows
+benfred/implicit's recommender base.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -35,7 +32,6 @@ MODEL_CONFIG_FILE = "model_config.json"
 INPUT_NAMES = ("input_ids", "attention_mask", "graph_bias")
 OUTPUT_NAME = "user_vector"
 CANDIDATE_OUTPUT_NAME = "candidate_scores"
-Boost = tuple[np.ndarray, np.ndarray]  # (item indices int64, score boosts float32) of one user
 
 
 @runtime_checkable
@@ -58,28 +54,6 @@ class Encoder(Protocol):
     def encode_full(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, graph_bias: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None]: ...
-
-
-def candidate_boosts(
-    input_ids: np.ndarray,
-    scores: np.ndarray | None,
-    item_offset: int,
-    history: Sequence[np.ndarray] | None = None,
-) -> list[Boost] | None:
-    """Per prompt row: (items, boosts) for the item tokens with a positive candidate score, minus that row's
-    ``history`` (a recommendation never boosts what the user already has). None without candidate scores."""
-    if scores is None:
-        return None
-    out = []
-    for r in range(len(input_ids)):
-        keep = (input_ids[r] >= item_offset) & (scores[r] > 0)
-        items = input_ids[r, keep].astype(np.int64) - item_offset
-        boost = scores[r, keep].astype(np.float32)
-        if history is not None and len(history[r]):
-            fresh = ~np.isin(items, history[r])
-            items, boost = items[fresh], boost[fresh]
-        out.append((items, boost))
-    return out
 
 
 def check_inputs(
@@ -207,79 +181,42 @@ def _env_threads() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-class TorchEncoder:
-    """The torch fallback: ``GraphGPT`` from ``encoder.safetensors`` + ``model_config.json`` (lazy torch).
-
-    Used when a version has no ONNX encoder, and by tests as the reference the ONNX encoder must match."""
-
-    def __init__(self, version_dir: str | Path, device: str = "cpu") -> None:
-        import torch
-
-        from training.model import GraphGPT
-
-        folder = Path(version_dir)
-        for name in (TORCH_WEIGHTS_FILE, MODEL_CONFIG_FILE):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"no torch encoder in {folder}: {name} is missing")
-        self._torch = torch
-        self.device = torch.device(device)
-        self.model = GraphGPT.load(folder, TORCH_WEIGHTS_FILE, device=str(self.device)).to(self.device).eval()
-        self.vocab_size = int(self.model.cfg.vocab_size)
-        self.max_length = int(self.model.cfg.n_positions)
-
-    @property
-    def dim(self) -> int:
-        return int(self.model.cfg.n_embd)
-
-    @property
-    def providers(self) -> list[str]:
-        return [f"torch:{self.device}"]
-
-    @property
-    def has_candidates(self) -> bool:
-        return self.model.cfg.candidate_prior
-
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray, graph_bias: np.ndarray) -> np.ndarray:
-        return self.encode_full(input_ids, attention_mask, graph_bias)[0]
-
-    def encode_full(
-        self, input_ids: np.ndarray, attention_mask: np.ndarray, graph_bias: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        arrays = check_inputs(input_ids, attention_mask, graph_bias, self.vocab_size, self.max_length)
-        torch = self._torch
-        with torch.inference_mode():
-            ids, mask, bias = (torch.from_numpy(a).to(self.device) for a in arrays)
-            vec, cand = self.model.encode(ids, mask, bias)
-            return vec.float().cpu().numpy(), (None if cand is None else cand.float().cpu().numpy())
-
-    def __repr__(self) -> str:
-        return f"TorchEncoder(dim={self.dim}, device={self.device})"
-
-
-def load_encoder(
+def open_encoder(
     version_dir: str | Path,
-    prefer: str = "onnx",
-    providers: list[str] | None = None,
+    prefer: str = "auto",
     *,
     int8: bool = False,
-    intra_op_threads: int | None = None,
+    use_gpu: str = "auto",
+    threads: int | None = None,
+    providers: list[str] | None = None,
 ) -> Encoder:
-    """The encoder of a model version folder.
+    """The encoder of a model version folder: the one rule every caller (service, export, evaluation) uses.
 
-    ``prefer="onnx"`` (default) uses ``encoder.onnx`` (``encoder.int8.onnx`` with ``int8=True``) and falls
-    back to torch only when the version has no ONNX file; ``prefer="torch"`` uses the torch weights.
-    ``providers`` defaults to CUDA (when this onnxruntime has it) then CPU.
+    ``prefer="auto"`` takes ``encoder.onnx`` (``encoder.int8.onnx`` with ``int8``) and falls back to the
+    torch weights only when the version has no ONNX file; ``"onnx"`` refuses that fallback; ``"torch"``
+    always uses the torch weights. ``use_gpu``: ``"auto"`` (CUDA when this onnxruntime/torch has it),
+    ``"yes"`` or ``"no"`` (CPU only). ``threads`` bounds intra-op threads (default: OMP_NUM_THREADS).
+    torch is imported only when the torch encoder is chosen.
     """
     folder = Path(version_dir)
-    if prefer not in ("onnx", "torch"):
-        raise ValueError(f"prefer must be 'onnx' or 'torch', got {prefer!r}")
+    if prefer not in ("auto", "onnx", "torch"):
+        raise ValueError(f"encoder must be 'auto', 'onnx' or 'torch', got {prefer!r}")
+    if use_gpu not in ("auto", "yes", "no"):
+        raise ValueError(f"use_gpu must be 'auto', 'yes' or 'no', got {use_gpu!r}")
     if not folder.is_dir():
         raise FileNotFoundError(f"model version folder {folder} does not exist")
     onnx_path = folder / (ONNX_INT8_FILE if int8 else ONNX_FILE)
     if int8 and not onnx_path.is_file():
         raise FileNotFoundError(f"{folder} has no INT8 encoder ({ONNX_INT8_FILE}); export with --int8")
-    if prefer == "onnx" and onnx_path.is_file():
-        return OnnxEncoder(onnx_path, providers=providers, intra_op_threads=intra_op_threads)
-    if (folder / TORCH_WEIGHTS_FILE).is_file():
-        return TorchEncoder(folder)
-    raise FileNotFoundError(f"{folder} holds no encoder ({ONNX_FILE} or {TORCH_WEIGHTS_FILE})")
+    if prefer != "torch" and onnx_path.is_file():
+        if providers is None:
+            providers = ["CPUExecutionProvider"] if use_gpu == "no" else default_providers()
+        return OnnxEncoder(onnx_path, providers=providers, intra_op_threads=threads)
+    if prefer == "onnx":
+        raise FileNotFoundError(f"{folder} has no {onnx_path.name} and the ONNX encoder was required")
+    missing = [n for n in (TORCH_WEIGHTS_FILE, MODEL_CONFIG_FILE) if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} holds no encoder ({ONNX_FILE}, or {' + '.join(missing)})")
+    from inference.torch_encoder import TorchEncoder  # torch only when asked for
+
+    return TorchEncoder(folder, device=None if use_gpu != "no" else "cpu", threads=threads)

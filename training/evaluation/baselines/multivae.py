@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from training.baselines.base import Recommender
-from training.baselines.early_stopping import EarlyStopping
+from training.evaluation.baselines.base import Recommender
+from training.evaluation.baselines.early_stopping import EarlyStopping
 
 
 class MultiVAE(Recommender):

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from training.baselines.base import Recommender
+from training.evaluation.baselines.base import Recommender
 
 
 class ItemKNN(Recommender):

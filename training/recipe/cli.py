@@ -25,7 +25,7 @@ def _run(
 ) -> None:
     import torch
 
-    from training.train import TrainConfig, train
+    from training.recipe.train import TrainConfig, train
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     fields: dict = json.loads(config.read_text()) if config else {}
