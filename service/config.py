@@ -20,7 +20,9 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".edgerec"), description="Local state folder (models/, redis/, data/, runs/).")
     model_store: Path | None = Field(None, description="Model store root; default $EDGEREC_HOME/models.")
     model_version: str | None = Field(
-        None, description="Serve this version instead of the store's promoted (CURRENT) one."
+        None,
+        description="Serve and pin this version instead of the store's promoted (CURRENT) one: the poller "
+        "does not follow promotions.",
     )
     host: str = Field("0.0.0.0", description="Bind address of `edgerec serve`.")
     port: int = Field(8000, ge=1, le=65535, description="Port of `edgerec serve`.")
@@ -56,7 +58,10 @@ class Settings(BaseSettings):
     )
 
     model_poll_s: float = Field(
-        10.0, ge=0, description="Check the store's promoted version this often and hot-swap to it (0: off)."
+        10.0,
+        ge=0,
+        description="Check the store's promoted version this often and hot-swap to it, unless a version "
+        "is pinned (0: off).",
     )
 
     encoder: Literal["auto", "onnx", "torch"] = Field(
@@ -119,6 +124,19 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Python log level.")
     log_json: bool = Field(True, description="Structured JSON logs (one object a line); false: plain text.")
     access_log: bool = Field(True, description="One log line per HTTP request (with its request id).")
+
+    stream_shards: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Shards of the interaction stream ({prefix}:interactions:{s<k>}); a user's keys share "
+        "their shard's Redis Cluster slot. Fixed for a deployment's data (a change orphans live histories).",
+    )
+    idempotency_ttl_s: int = Field(
+        86_400,
+        ge=60,
+        description="How long a write's idempotency key is kept: a retry within it is never stored twice.",
+    )
 
     @property
     def store_root(self) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from service.cache import USER_ID_RE
 
@@ -12,13 +12,27 @@ MAX_K = 1000
 MAX_IDS = 1000  # ids per list in one request
 MAX_BATCH_USERS = 256
 
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+MAX_TIMESTAMP = 1e11  # UNIX seconds (year 5138): a millisecond timestamp is an error, not a far future
+
+
+def _no_surrogates(value: str) -> str:
+    """A lone surrogate (JSON "\\ud800") is not text: it cannot be stored, logged or echoed as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_no_surrogates)]
+Timestamp = Annotated[float, Field(ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False)]
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_RE.pattern, min_length=1, max_length=128)]
 Fallback = Literal["popularity", "cold_start_context", "cache_unavailable"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no coercion, so "10" and true are not an integer k, "yes" is not a boolean
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RecommendOptions(_Strict):
@@ -72,8 +86,9 @@ class BatchRecommendResponse(BaseModel):
 
 class InteractionsRequest(_Strict):
     items: list[ItemId] = Field(..., min_length=1, max_length=MAX_IDS, description="Item ids, oldest first.")
-    timestamps: list[float] | None = Field(
-        None, description="Optional UNIX timestamps, one per item (same length as items)."
+    timestamps: list[Timestamp] | None = Field(
+        None,
+        description="Optional UNIX timestamps in seconds (finite, 0 to 1e11), one per item.",
     )
 
     @model_validator(mode="after")
@@ -87,6 +102,10 @@ class InteractionsResponse(BaseModel):
     user_id: str
     accepted: int
     stream_id: str = Field(description="Id of the durable Redis stream entry.")
+    idempotency_key: str = Field(description="The write's key (the client's, or derived): retry with it.")
+    replayed: bool = Field(
+        False, description="True: an earlier request with this key stored the write; this one stored nothing."
+    )
     request_id: str | None = None
 
 
@@ -128,7 +147,8 @@ class ReloadRequest(_Strict):
         None,
         max_length=64,
         pattern=r"^[A-Za-z0-9_.-]+$",
-        description="Version id or alias (current, previous, latest); default: the promoted one.",
+        description="Version id or alias (current, previous, latest) to load and pin; omitted: unpin and "
+        "load the promoted one.",
     )
 
 
@@ -136,6 +156,10 @@ class ReloadResponse(BaseModel):
     previous_version: str | None
     version: str
     changed: bool
+    pinned: bool = Field(
+        description="True while a version is pinned: the store poller does not follow promotions until "
+        "POST /admin/reload without a version unpins it."
+    )
 
 
 class ErrorResponse(BaseModel):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pytest
 import redis
 from redis.crc import key_slot
 from service_support import RedisServer, delete_prefix, free_port, redis_url_or_skip, unique_prefix
 
-from service.cache import Cache, Keys, RedisUnavailable, history_fingerprint, user_tag
+from service.cache import Cache, Keys, RedisUnavailable, user_tag
+from service.cache_entry import Entry, history_fingerprint
 from service.redis_conn import make_client
 
 VERSION = "v20260101-120000-000-0123abcd"
@@ -36,9 +38,12 @@ def test_keys_use_hash_tags_and_never_raw_ids():
     keys = Keys("edgerec")
     nbr, hist = keys.nbr(VERSION, "A1YJEY40YUW4SE"), keys.history("A1YJEY40YUW4SE")
     assert "A1YJEY40YUW4SE" not in nbr and "A1YJEY40YUW4SE" not in hist
-    assert nbr.startswith(f"edgerec:{VERSION}:nbr:{{") and nbr.endswith("}")
+    assert nbr.startswith(f"edgerec:{VERSION}:nbr:{{s") and hist.startswith("edgerec:hist:{s")
     # One user's keys share a Redis Cluster slot, so the lookup pipeline works on a cluster too.
     assert key_slot(nbr.encode()) == key_slot(hist.encode())
+    # ... and the slot of the user's stream shard, so a write is one script on one slot.
+    assert key_slot(keys.stream("A1YJEY40YUW4SE").encode()) == key_slot(hist.encode())
+    assert keys.stream("A1YJEY40YUW4SE") in keys.stream_keys() and len(set(keys.stream_keys())) == keys.shards
     assert keys.nbr(VERSION, "u1") != keys.nbr(VERSION, "u2")
     assert keys.nbr(VERSION, "u1") != keys.nbr("v20260101-120000-000-ffffffff", "u1")
 
@@ -53,13 +58,14 @@ def test_interactions_update_history_stream_and_invalidate(url, prefix):
     async def go():
         client = make_client(url, 0.5)
         cache = Cache(client, prefix, history_max=5)
-        await cache.store_neighbourhood(VERSION, "u1", history_fingerprint([]), b"packed-nbr")
+        packed = Entry(vector=np.ones(4, np.float32)).pack(history_fingerprint([]))
+        await cache.store_entry(VERSION, "u1", packed)
         first = await cache.lookup(VERSION, "u1")
-        assert first.neighbourhood == b"packed-nbr" and first.history == []
+        assert first.entry == packed and first.history == []
 
-        entry = await cache.append_interactions("u1", ["i1", "i2"], [1.0, 2.0], VERSION)
+        entry = (await cache.append_interactions("u1", ["i1", "i2"], [1.0, 2.0], VERSION)).stream_id
         after = await cache.lookup(VERSION, "u1")
-        assert after.neighbourhood is None  # invalidated
+        assert after.entry is None  # invalidated
         assert after.history == ["i1", "i2"]
         await cache.append_interactions("u1", ["i3", "i4", "i5", "i6"], None, VERSION)
         assert await cache.history("u1") == ["i2", "i3", "i4", "i5", "i6"]  # capped, newest kept
@@ -68,10 +74,11 @@ def test_interactions_update_history_stream_and_invalidate(url, prefix):
 
     entry = run(go())
     r = redis.Redis.from_url(url)
-    stream = r.xrange(f"{prefix}:interactions")
+    stream = r.xrange(Keys(prefix).stream("u1"))
     assert stream[0][0].decode() == entry
     assert stream[0][1][b"user"] == b"u1" and stream[0][1][b"items"] == b'["i1","i2"]'
     assert stream[0][1][b"ts"] == b"[1.0,2.0]"
+    assert stream[0][1][b"idempotency_key"].startswith(b"derived-")
     assert len(stream) == 2
 
 
@@ -83,11 +90,12 @@ def test_stale_entry_with_other_history_is_a_miss(url, prefix):
         client = make_client(url, 0.5)
         cache = Cache(client, prefix)
         await cache.append_interactions("u2", ["i1"], None, VERSION)
-        await cache.store_neighbourhood(VERSION, "u2", history_fingerprint([]), b"built-before-i1")
-        assert (await cache.lookup(VERSION, "u2")).neighbourhood is None
+        await cache.store_entry(VERSION, "u2", Entry().pack(history_fingerprint([])))  # built before i1
+        assert (await cache.lookup(VERSION, "u2")).entry is None
         look = await cache.lookup(VERSION, "u2")
-        await cache.store_neighbourhood(VERSION, "u2", look.fingerprint, b"built-with-i1")
-        assert (await cache.lookup(VERSION, "u2")).neighbourhood == b"built-with-i1"
+        built_with_i1 = Entry().pack(look.fingerprint)
+        await cache.store_entry(VERSION, "u2", built_with_i1)
+        assert (await cache.lookup(VERSION, "u2")).entry == built_with_i1
         ttl = await client.ttl(cache.keys.nbr(VERSION, "u2"))
         await client.aclose()
         return ttl

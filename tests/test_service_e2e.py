@@ -25,6 +25,7 @@ from service_support import (
 )
 
 from model_store import ModelStore
+from service.cache import Keys
 from service.config import Settings
 from service.main import create_app
 from service.schemas import BatchRecommendResponse, RecommendResponse
@@ -212,7 +213,7 @@ def test_interactions_are_stored_and_change_the_next_answer(http, store, served)
     http.post(f"/recommend/{user}", json={"k": 5})  # second call: served from the neighbourhood cache
     r = http.post(f"/users/{user}/interactions", json={"items": before[:2], "timestamps": [1.0, 2.0]})
     assert r.status_code == 201 and r.json()["accepted"] == 2
-    entry = redis.Redis.from_url(url).xrange(f"{prefix}:interactions", r.json()["stream_id"], "+")[0]
+    entry = redis.Redis.from_url(url).xrange(Keys(prefix).stream(user), r.json()["stream_id"], "+")[0]
     assert entry[1][b"user"] == user.encode() and json.loads(entry[1][b"items"]) == before[:2]
     after = http.post(f"/recommend/{user}", json={"k": 5})
     assert after.json()["fallback"] is None
