@@ -57,7 +57,7 @@ def synthetic(n_users: int, n_items: int, n_edges: int, seed: int = 0) -> sp.csr
 
 def load_sports(root: Path) -> sp.csr_matrix:
     from training.data.dataset import prepare
-    from training.data.ingest import read_recbole
+    from training.data.recbole import read_recbole
 
     return prepare(read_recbole(root / "amazon-sports"), "amazon-sports").train
 

@@ -1,13 +1,20 @@
 """The one `edgerec` command.
 
-Each area registers its own subcommands; heavy imports stay inside the commands.
+Each area registers its own subcommands; heavy imports (torch, transformers, faiss) stay inside the
+commands, so `edgerec --help` and the service's `edgerec serve` start fast.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import typer
+
+from edgerec import demo
+from model_store import cli as models_cli
+from service import cli as service_cli
+from training.data import cli as data_cli
+from training.evaluation import cli as evaluate_cli
+from training.export import cli as export_cli
+from training.recipe import cli as train_cli
 
 app = typer.Typer(
     name="edgerec",
@@ -16,18 +23,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-# Modules that each expose `register(app)`. Order is the order of the help text.
-COMMAND_MODULES = [
-    "training.data.cli",
-    "training.evaluation.cli",
-    "training.recipe.cli",
-    "training.export.cli",
-    "model_store.cli",
-    "service.cli",
-]
-
-for _name in COMMAND_MODULES:
-    importlib.import_module(_name).register(app)
+# The order is the order of the help text: the offline stages, the store, then serving.
+for _area in (data_cli, evaluate_cli, train_cli, export_cli, models_cli, service_cli, demo):
+    _area.register(app)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ models_app = typer.Typer(help="The model store: immutable, verified model versio
 STORE_OPTION = typer.Option(
     None,
     "--store",
-    help="Model store folder [default: $EDGEREC_MODEL_STORE or ./.edgerec/models].",
+    help="Model store folder (default: $EDGEREC_MODEL_STORE or ./.edgerec/models).",
     show_default=False,
 )
 
@@ -129,7 +129,12 @@ def show_cmd(
         head.add_row("created_at", info["created_at"])
         head.add_row("dataset_fingerprint", str(info["dataset_fingerprint"]))
         code = info["code_version"]
-        head.add_row("code_version", f"edgerec {code['edgerec']} @ {code['git_commit'] or 'unknown commit'}")
+        made_by = (
+            f"edgerec {code['edgerec']} @ {code['git_commit'] or 'unknown commit'}"
+            if code
+            else "not recorded"
+        )
+        head.add_row("code_version", made_by)
         head.add_row("valid", _fmt_metrics(info["metrics"], "valid"))
         head.add_row("test", _fmt_metrics(info["metrics"], "test"))
         head.add_row("model_config", json.dumps(info["model_config"], sort_keys=True))

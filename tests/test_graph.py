@@ -388,7 +388,7 @@ def test_amazon_office_against_scipy_bfs():
     if not root.exists():
         pytest.skip(f"real dataset not found at {root} (see shared/datasets/README.md)")
     from training.data.dataset import prepare
-    from training.data.ingest import read_recbole
+    from training.data.recbole import read_recbole
 
     train = prepare(read_recbole(root), "amazon-office").train
     g = BipartiteGraph.from_matrix(train).warm()

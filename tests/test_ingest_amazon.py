@@ -11,7 +11,8 @@ import pytest
 
 from training.data.amazon import read_amazon
 from training.data.dataset import prepare
-from training.data.ingest import DataFormatError, ReadOptions, detect_format, read_source
+from training.data.ingest import detect_format, read_source
+from training.data.text_io import DataFormatError, ReadOptions
 
 REVIEWS_2018 = [
     {

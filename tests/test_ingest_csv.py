@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data.ingest import DataFormatError, ReadOptions, detect_format, read_source
+from training.data.ingest import detect_format, read_source
+from training.data.text_io import DataFormatError, ReadOptions
 
 
 def _write(path: Path, text: str, gz: bool = False) -> Path:

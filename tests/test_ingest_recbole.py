@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data.ingest import DataFormatError, detect_format, read_recbole, read_source
+from training.data.ingest import detect_format, read_source
+from training.data.recbole import read_recbole
+from training.data.text_io import DataFormatError
 
 INTER = (
     "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"

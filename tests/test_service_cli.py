@@ -87,8 +87,9 @@ def test_serving_an_onnx_version_imports_no_torch(tmp_path):
         "from service.config import Settings\n"
         "from service.serving import load_serving_model\n"
         "import service.main\n"
-        f"m = load_serving_model(Settings(model_store={str(tiny_store().root)!r}))\n"
-        "heavy = sorted(x for x in ('torch', 'training', 'transformers') if x in sys.modules)\n"
+        f"m = load_serving_model(Settings(model_store={str(tiny_store().root)!r}), 'current')\n"
+        "heavy = ('torch', 'training', 'transformers', 'inference.torch_model')\n"
+        "heavy = sorted(x for x in heavy if x in sys.modules)\n"
         "print(type(m.encoder).__name__, heavy)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)

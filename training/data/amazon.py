@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from training.data.dataset import RawInteractions
-from training.data.ingest import DataFormatError, clean_text, iter_lines
+from training.data.text_io import DataFormatError, clean_text, iter_lines
 
 
 @dataclass(frozen=True)

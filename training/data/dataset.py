@@ -1,8 +1,9 @@
 """Prepared datasets: the one in-memory and on-disk form every later step reads.
 
-Readers (``training.data.ingest``) produce :class:`RawInteractions`; :func:`prepare` filters (rating threshold,
-iterative k-core), maps ids densely, splits, and returns a :class:`PreparedDataset`, which saves to and loads
-from a folder of ``.npy`` + JSON files (no pickle), fast: amazon-beauty loads in well under a second.
+Readers (``training.data.ingest``) produce :class:`RawInteractions`; :func:`prepare` filters (rating
+threshold, iterative k-core), maps ids densely, splits, and returns a :class:`PreparedDataset`, which saves to
+and loads from a folder of ``.npy`` + JSON files (no pickle), fast: amazon-beauty loads in well under a
+second.
 """
 
 from __future__ import annotations

@@ -488,6 +488,34 @@ def version_metadata(folder: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def code_version() -> dict[str, str | None]:
+    """The installed edgerec release plus the git commit of the source tree this code runs from, if any:
+    what the store records as the code that produced a version."""
+    import importlib.metadata
+    import re
+    import subprocess
+
+    try:
+        release = importlib.metadata.version("edgerec")
+    except importlib.metadata.PackageNotFoundError:
+        release = "unknown (not installed)"
+    commit = None
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", out.stdout.strip()):
+            commit = out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"edgerec": release, "git_commit": commit}
+
+
 def publish(
     folder: str | os.PathLike[str], store_root: str | os.PathLike[str] | None = None, promote: bool = False
 ) -> str:
@@ -495,7 +523,7 @@ def publish(
     from model_store import ModelStore
 
     store = ModelStore(store_root)
-    version = store.publish(folder, version_metadata(folder))
+    version = store.publish(folder, version_metadata(folder) | {"code_version": code_version()})
     if promote:
         store.promote(version)
     return version
