@@ -83,13 +83,18 @@ def list_cmd(
         if not rows:
             typer.echo(f"no versions in {s.root}")
             return
-        table = Table(title=f"model versions in {s.root}", box=box.SIMPLE_HEAD)
+        table = Table(
+            title=f"model versions in {s.root}",
+            caption="valid and test: the selected model over all users of each split (training's per-epoch "
+            "log may score a subset, max_eval_users)",
+            box=box.SIMPLE_HEAD,
+        )
         table.add_column("")
         table.add_column("version", no_wrap=True)
         table.add_column("created_at (UTC)", no_wrap=True)
         table.add_column("size", no_wrap=True, justify="right")
-        table.add_column("valid", min_width=17, overflow="fold")
-        table.add_column("test", min_width=17, overflow="fold")
+        table.add_column("valid (all users)", min_width=17, overflow="fold")
+        table.add_column("test (all users)", min_width=17, overflow="fold")
         for r in rows:
             mark = "*" if r.promoted else ("^" if r.previous else "")
             if r.error:

@@ -104,3 +104,14 @@ def test_parse_overrides():
         "ease": {"lam": [10, 2.5]},
         "multivae": {"hidden": [0]},
     }
+
+
+def test_default_output_goes_to_edgerec_home_not_the_checkout(app, tiny_dataset, tmp_path, monkeypatch):
+    """A user's `edgerec evaluate` must not dirty the repo's published tables (benchmarks/results)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("EDGEREC_HOME", str(home))
+    monkeypatch.chdir(tmp_path)  # a relative default would land here
+    res = CliRunner().invoke(app, ["evaluate", "--baselines", str(tiny_dataset), "--only", "pop"])
+    assert res.exit_code == 0, res.output
+    assert (home / "results" / "baselines-office-tiny.json").is_file()
+    assert not (tmp_path / "benchmarks").exists()

@@ -61,6 +61,7 @@ def test_publish_list_show_verify_promote_rollback_gc(app, runner, tmp_path: Pat
     assert r.exit_code == 0, r.output
     assert va in r.output and vb in r.output
     assert "ndcg@20=0.0421" in r.output
+    assert "valid (all users)" in r.output and "max_eval_users" in r.output  # not the per-epoch subset
     line_b = next(line for line in r.output.splitlines() if vb in line)
     assert "*" in line_b
     r = _invoke(runner, app, "list", "--json", "--store", store)

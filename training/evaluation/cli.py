@@ -27,7 +27,6 @@ import typer
 
 # "module:function" that turns a training run folder into a result row; implemented by the training area.
 RUN_EVALUATOR = "training.evaluation.run:evaluate_run"
-DEFAULT_OUT = Path("benchmarks/results")
 ITERATIVE = {"lightgcn", "multivae"}
 
 
@@ -141,7 +140,13 @@ def evaluate_cmd(
     baselines: bool = typer.Option(False, "--baselines", help="Fit and evaluate the baselines."),
     only: str = typer.Option("", "--only", help="Comma-separated subset, e.g. ease,itemknn (default: all)."),
     run: list[Path] = typer.Option([], "--run", help="Trained run folder to add to the table (repeatable)."),
-    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Folder for the JSON, Markdown and PNG results."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Folder for the JSON, Markdown and PNG results (default: $EDGEREC_HOME/results; the repo's "
+        "benchmarks/results holds the published tables).",
+        show_default=False,
+    ),
     seed: int = typer.Option(
         0, "--seed", help="Random seed of the iterative baselines (LightGCN, Multi-VAE)."
     ),
@@ -180,7 +185,7 @@ def evaluate_cmd(
     with threadpool_limits(limits=threads):
         try:
             t0 = time.perf_counter()
-            from training.data.sources import load_dataset
+            from training.data.sources import edgerec_home, load_dataset
 
             ds = load_dataset(dataset, split_seed)
             typer.echo(f"{ds.name}: {ds.n_users} users, {ds.n_items} items ({time.perf_counter() - t0:.1f}s)")
@@ -188,7 +193,7 @@ def evaluate_cmd(
                 run_baselines(ds, names, seed=seed, budget_s=budget, overrides=overrides) if baselines else []
             )
             rows += run_rows(run, ds)
-            doc, paths = evaluate_rows(ds, rows, out, command, merge=merge)
+            doc, paths = evaluate_rows(ds, rows, out or edgerec_home() / "results", command, merge=merge)
         except (FileNotFoundError, ValueError) as exc:
             raise _fail(str(exc)) from None
     print_table(doc)
