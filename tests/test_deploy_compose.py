@@ -75,6 +75,7 @@ def test_redis_persists_with_aof_on_a_named_volume(compose):
     redis = compose["services"]["redis"]
     cmd = redis["command"]
     assert cmd[0] == "redis-server" and cmd[cmd.index("--appendonly") + 1] == "yes"
+    assert cmd[cmd.index("--appendfsync") + 1] == "always"  # acknowledged = fsynced (docs/deploy.md)
     vol, target = redis["volumes"][0].split(":")
     assert target == "/data" and vol in compose["volumes"]
     test = redis["healthcheck"]["test"]

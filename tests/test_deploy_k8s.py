@@ -203,7 +203,7 @@ def test_redis_statefulset_persists_and_requires_a_password(overlay):
     sts = one(docs, "StatefulSet", "edgerec-redis")
     (redis,) = pod_spec(sts)["containers"]
     args = redis["args"]
-    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--appendfsync") + 1] == "always"
     assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
     env = {e["name"]: e for e in redis["env"]}
     assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"].startswith("edgerec-secrets-")
