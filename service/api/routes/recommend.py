@@ -24,7 +24,7 @@ router = APIRouter(tags=["recommend"], dependencies=[ApiKey])
 
 
 def to_response(model: ServingModel, rec: Recommendation) -> dict[str, Any]:
-    """The RecommendResponse of ``rec`` as plain data (the routes serialise it with orjson, see json_response)."""
+    """The RecommendResponse of ``rec`` as plain data (serialised with orjson by json_response)."""
     finite = np.isfinite(rec.scores)
     items = [
         {"id": model.item_ids[i], "score": s, "title": model.items[i].get("title")}
