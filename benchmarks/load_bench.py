@@ -91,15 +91,12 @@ def percentiles_ms(lat_s: list[float]) -> dict:
 
 # ------------------------------------------------------------------------------------------- compute floor
 def compute_floor(store: Path, version: str, levels: list[int], seconds: float) -> dict:
-    from graphprompt.prompts import PromptBuilder
-    from inference.ranker import candidate_boosts
     from service.config import Settings
     from service.serving import load_serving_model
 
     settings = Settings(model_store=store, model_version=version, use_gpu="no")
-    model = load_serving_model(settings)
+    model = load_serving_model(settings, version)
     chunk = settings.encode_chunk
-    offset = model.builder.tok.item_offset
     rng = np.random.default_rng(0)
     users = rng.choice(model.graph.n_users, size=min(512, model.graph.n_users), replace=False)
     prompts, seen = [], []
@@ -117,18 +114,9 @@ def compute_floor(store: Path, version: str, levels: list[int], seconds: float) 
             idx = [(i + j) % len(prompts) for j in range(b)]
             i += b
             t = time.perf_counter()
-            # the service's own encoding: length-sorted chunks of EDGEREC_ENCODE_CHUNK prompts
-            order = sorted(idx, key=lambda j: len(prompts[j]))
-            vecs, boosts = [], []
-            for s in range(0, b, chunk):
-                part = order[s : s + chunk]
-                batch = PromptBuilder.collate([prompts[j] for j in part])
-                vec, cand = model.encoder.encode_full(*batch)
-                vecs.append(vec)
-                found = candidate_boosts(batch[0], cand, offset, [seen[j] for j in part])
-                boosts += found or [None] * len(part)
-            boosted = boosts if any(x is not None for x in boosts) else None
-            model.ranker.search(np.concatenate(vecs), 10, exclude=[seen[j] for j in order], boosts=boosted)
+            # the service's own path: the inference core's rank, length-sorted chunks of EDGEREC_ENCODE_CHUNK
+            hist = [seen[j] for j in idx]
+            model.rank([prompts[j] for j in idx], hist, hist, 10, chunk)
             lat.append(time.perf_counter() - t)
             n += b
         total = sum(lat)

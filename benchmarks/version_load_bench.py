@@ -1,8 +1,8 @@
 """Publish and load time of a real exported model version (issue target: each under 5 s for amazon-beauty).
 
 Usage: python benchmarks/version_load_bench.py VERSION_DIR   (a folder written by `edgerec export`)
-Publishes a copy into a temporary store, then opens it the way the service does: verify every checksum,
-load the item embeddings and FAISS index, start the ONNX Runtime session and load the graph snapshot.
+Publishes a copy into a temporary store, then opens it the way the service does (the store's checksum
+verification, then ``inference.version.open_version``): embeddings, FAISS, ONNX session, graph, catalogue.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from graphprompt.graph import BipartiteGraph
-from inference.encoders import open_encoder
+from inference.version import open_version
 from model_store import ModelStore
 
 
@@ -31,14 +30,12 @@ def main(src: Path) -> None:
         t_publish = time.perf_counter() - t
         t = time.perf_counter()
         handle = store.open_version(version, verify=True)
-        emb = handle.load_npy("item_embeddings.npy")
-        handle.load_index()
-        open_encoder(handle.path)
-        BipartiteGraph.load(handle.path / "graph")
+        opened = open_version(handle.path)  # the inference core, exactly as the service opens it
+        emb = opened.ranker.item_embeddings
         t_load = time.perf_counter() - t
     print(f"version {src.name}: {size / 2**20:.1f} MiB, {emb.shape[0]} items x {emb.shape[1]}-d")
     print(f"publish (copy + sha256 + fsync + rename): {t_publish:.2f} s")
-    print(f"load (verify + embeddings + FAISS + ONNX session + graph): {t_load:.2f} s")
+    print(f"load (verify + open_version: embeddings, FAISS, ONNX session, graph, catalogue): {t_load:.2f} s")
 
 
 if __name__ == "__main__":
