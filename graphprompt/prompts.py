@@ -59,7 +59,7 @@ class PromptConfig:
     n_co_users: int = 10  # second-order users in a predictive prompt (0 = none)
     n_two_hop_items: int = 50  # two-hop items in a predictive prompt (0 = none); the candidates
     # rank two-hop items by co-occurrence / degree**a (0 = raw counts, popular first); 30 items at a = 0.5
-    # beat 10 raw ones on office validation (benchmarks/results/sweep-amazon-office.md)
+    # beat 10 raw ones on office validation (the sweep: benchmarks/results/sweep-amazon-office.md at 3a2f2e9)
     two_hop_norm: float = 0.5
     # > 0: the predicting (last) position's bias row holds candidate_strength * w / max(w) at the two-hop
     # items, w their ranking score above, so the position that scores the items sees how strongly each

@@ -28,7 +28,7 @@ a float
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,12 @@ def graph_attention(
 AttentionInterface.register(ATTN_IMPL, graph_attention)
 
 
+# ModelConfig fields of finished experiments, removed since. Older model_config.json files of served versions
+# still hold them; from_dict drops them. Nothing ever read ``extra``; ``bias_layers`` loads only when it let
+# every layer see the bias (None), which is what the model does now.
+REMOVED_FIELDS = ("bias_layers", "extra")
+
+
 @dataclass
 class ModelConfig:
     n_words: int
@@ -86,13 +92,11 @@ class ModelConfig:
     activation: str = "gelu_pytorch_tanh"  # ~55 % of CPU forward time went to gelu_new
     bias_scale: float = 1.0  # initial (or fixed) multiplier of the graph bias
     learn_bias_scale: bool = False  # learn one scale per layer
-    bias_layers: list[int] | None = None  # layers that see the bias (None = all)
     content_tables: bool = True  # separate id tables for content pre-training
     # the candidate prior: prior_beta * sigma(h) * s_p for the prompt's candidates, s_p their strength (the
     # last bias row), sigma(h) the spread of the user's item scores; prior_beta is fitted on validation
     candidate_prior: bool = False
     base_model: str | None = None  # local HF GPT-2 folder the body and word table came from, if any
-    extra: dict = field(default_factory=dict)
 
     @property
     def vocab_size(self) -> int:
@@ -103,6 +107,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        if d.get("bias_layers") is not None:
+            raise ValueError(f"bias_layers={d['bias_layers']!r} was removed: every layer sees the bias now")
+        d = {k: v for k, v in d.items() if k not in REMOVED_FIELDS}
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown model config fields: {sorted(unknown)}")
@@ -140,9 +147,6 @@ class GraphGPT(nn.Module):
             # set by set_prior after fine-tuning (0 until then: training never sees the prior)
             self.register_buffer("prior_beta", torch.zeros(()))
             self.register_buffer("item_cov", torch.zeros(d, d))
-        layers = torch.zeros(cfg.n_layer)
-        layers[cfg.bias_layers if cfg.bias_layers is not None else slice(None)] = 1.0
-        self.register_buffer("bias_layer_on", layers, persistent=False)
         self.bias_scale = nn.Parameter(
             torch.full((cfg.n_layer,), float(cfg.bias_scale)), cfg.learn_bias_scale
         )
@@ -229,8 +233,7 @@ class GraphGPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(position ids, float 4D mask, [B, 1, L, L] bias, per-layer bias scales): what every block sees."""
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        scales = self.bias_scale * self.bias_layer_on
-        return position_ids, self.base_mask(attention_mask), graph_bias.unsqueeze(1).float(), scales
+        return position_ids, self.base_mask(attention_mask), graph_bias.unsqueeze(1).float(), self.bias_scale
 
     def last_hidden(
         self,

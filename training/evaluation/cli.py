@@ -1,4 +1,4 @@
-"""``edgerec evaluate``: baselines (and, through an extension point, trained runs) on one results table.
+"""``edgerec evaluate``: baselines and trained runs on one results table.
 
     edgerec evaluate --baselines DATASET [--only ease,itemknn] [--out DIR] [--seed N] [--budget S]
 
@@ -7,10 +7,9 @@ DATASET is a prepared folder, a prepared dataset's name under ``$EDGEREC_HOME/da
 hyper-parameters are chosen on validation; test is evaluated once.
 Writes ``baselines-<dataset>.{json,md,png}``.
 
-Extension point for trained models: ``--run DIR`` rows come from the function named by ``RUN_EVALUATOR``
-(``"module:function"``, called as ``fn(run_dir: Path, dataset: PreparedDataset) -> dict``) returning a row of
-the same shape as ``BaselineResult.to_dict()``: ``model``, ``params``, ``valid`` and ``test`` metric dicts
-from ``training.evaluation.harness.evaluate``, ``fit_seconds``. :func:`evaluate_rows` takes such extra rows
+``--run DIR`` adds a trained run's row (``training.evaluation.run.evaluate_run``), of the same shape as
+``BaselineResult.to_dict()``: ``model``, ``params``, ``valid`` and ``test`` metric dicts from
+``training.evaluation.harness.evaluate``, ``fit_seconds``. :func:`evaluate_rows` takes such extra rows
 directly.
 """
 
@@ -25,8 +24,6 @@ from typing import Any
 
 import typer
 
-# "module:function" that turns a training run folder into a result row; implemented by the training area.
-RUN_EVALUATOR = "training.evaluation.run:evaluate_run"
 ITERATIVE = {"lightgcn", "multivae"}
 
 
@@ -81,17 +78,12 @@ def run_baselines(
 
 
 def run_rows(run_dirs: list[Path], dataset) -> list[dict[str, Any]]:
-    """Rows for trained runs through ``RUN_EVALUATOR``; a clear error while that part does not exist."""
+    """Rows for trained runs, scored afresh on ``dataset``'s split."""
     if not run_dirs:
         return []
-    import importlib
+    from training.evaluation.run import evaluate_run  # lazily, like the other heavy imports here
 
-    module, func = RUN_EVALUATOR.split(":")
-    try:
-        fn = getattr(importlib.import_module(module), func)
-    except (ModuleNotFoundError, AttributeError):
-        raise ValueError(f"--run needs {RUN_EVALUATOR}, which is not available in this build") from None
-    return [fn(Path(d), dataset) for d in run_dirs]
+    return [evaluate_run(Path(d), dataset) for d in run_dirs]
 
 
 def evaluate_rows(
