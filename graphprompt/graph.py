@@ -153,11 +153,14 @@ class BipartiteGraph:
         u: int | None,
         items: np.ndarray | None = None,
         *,
-        n_users: int = 20,
-        n_items: int = 20,
-        item_norm: float = 0.0,
+        n_users: int,
+        n_items: int,
+        item_norm: float,
     ) -> Neighbourhood:
-        """First-order items, top second-order users and top two-hop items of a user.
+        """First-order items, top ``n_users`` second-order users and top ``n_items`` two-hop items of a user.
+
+        No defaults here: the settings' one source is ``PromptConfig`` (``n_co_users``, ``n_two_hop_items``,
+        ``two_hop_norm``), which ``PromptBuilder.neighbourhood`` passes on.
 
         ``items`` replaces the user's train items when given (pass live history, e.g. train items plus new
         interactions); with ``u=None`` (a user the graph does not know) ``items`` is required. Second-order

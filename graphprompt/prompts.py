@@ -51,6 +51,11 @@ CONTENT_TEMPLATES = {
 }
 
 
+# Values for a saved prompt_config.json written before the field existed: how those models were trained
+# (two-hop items ranked by raw counts, no strength row). Not defaults: those are PromptConfig's own.
+FIELDS_ADDED_LATER = {"two_hop_norm": 0.0, "candidate_strength": 0.0}
+
+
 @dataclass
 class PromptConfig:
     """Everything that shapes a prompt; saved as ``prompt_config.json`` next to the model."""
@@ -96,10 +101,7 @@ class PromptConfig:
     def from_saved(cls, d: dict) -> PromptConfig:
         """A saved ``prompt_config.json``: a field it lacks was added after it was written, so it takes the
         value that reproduces how that model was trained, not today's default."""
-        d = dict(d)
-        d.setdefault("two_hop_norm", 0.0)  # two-hop items were ranked by raw counts before the option
-        d.setdefault("candidate_strength", 0.0)  # and had no strength row
-        return cls.from_dict(d)
+        return cls.from_dict({**FIELDS_ADDED_LATER, **d})
 
     @classmethod
     def load(cls, path: str | Path) -> PromptConfig:

@@ -36,6 +36,8 @@ def graph_from_edges(n_users: int, n_items: int, edges: list[tuple[int, int]]) -
     return BipartiteGraph.from_matrix(m)
 
 
+# neighbourhood() has no defaults of its own (PromptConfig holds them); these tests ask for wide ones
+WIDE = {"n_users": 20, "n_items": 20, "item_norm": 0.0}
 PATH_EDGES = [(0, 0), (0, 1), (1, 1), (1, 2), (2, 2), (2, 3)]
 PATH_ORDER = [3, 0, 4, 1, 5, 2, 6]  # node ids along the path
 SPLIT_EDGES = [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3)]
@@ -98,9 +100,9 @@ def test_bad_input_is_named(path):
     with pytest.raises(ValueError, match="edge item index out of range"):
         path.hop_distances(np.array([0, 3]), removed_edges=(np.array([0]), np.array([4])))
     with pytest.raises(ValueError, match="item index out of range"):
-        path.neighbourhood(None, np.array([4]))
+        path.neighbourhood(None, np.array([4]), **WIDE)
     with pytest.raises(ValueError, match="needs a user index or an items array"):
-        path.neighbourhood(None)
+        path.neighbourhood(None, **WIDE)
     with pytest.raises(ValueError, match="2-D"):
         BipartiteGraph.from_matrix(np.zeros(3))
 
@@ -280,7 +282,7 @@ def test_long_path_large_max_hops():
 
 # ---------------------------------------------------------------- neighbourhoods
 def test_neighbourhood_rankings_by_hand(nbr):
-    nb = nbr.neighbourhood(0)
+    nb = nbr.neighbourhood(0, **WIDE)
     assert nb.user == 0
     assert nb.items.tolist() == [0, 1, 2]
     # u1 shares i0 i1 (2), u2 shares i1 i2 (2) -> tie, smaller id first; u3 shares i0 (1)
@@ -290,26 +292,27 @@ def test_neighbourhood_rankings_by_hand(nbr):
     assert nb.two_hop_items.tolist() == [4, 3]
     assert nb.two_hop_weight.tolist() == [3.0, 2.0]
     assert nb.co_users.dtype == np.int64 and nb.co_user_weight.dtype == np.float32
-    small = nbr.neighbourhood(0, n_users=1, n_items=1)
+    small = nbr.neighbourhood(0, n_users=1, n_items=1, item_norm=0.0)
     assert small.co_users.tolist() == [1] and small.two_hop_items.tolist() == [4]
-    empty = nbr.neighbourhood(0, n_users=0, n_items=0)
+    empty = nbr.neighbourhood(0, n_users=0, n_items=0, item_norm=0.0)
     assert empty.co_users.size == 0 and empty.two_hop_items.size == 0
 
 
 def test_neighbourhood_two_hop_degree_normalisation(nbr):
     # user 0: i4 co-occurs 3 times (degree 2), i3 twice (degree 1)
-    assert nbr.neighbourhood(0, item_norm=0.5).two_hop_items.tolist() == [4, 3]  # 3/sqrt(2) > 2/1
-    full = nbr.neighbourhood(0, item_norm=1.0)  # 3/2 < 2/1: the rarer item moves up
+    half = nbr.neighbourhood(0, **{**WIDE, "item_norm": 0.5})
+    assert half.two_hop_items.tolist() == [4, 3]  # 3/sqrt(2) > 2/1
+    full = nbr.neighbourhood(0, **{**WIDE, "item_norm": 1.0})  # 3/2 < 2/1: the rarer item moves up
     assert full.two_hop_items.tolist() == [3, 4]
     assert full.two_hop_weight.tolist() == [2.0, 1.5]
 
 
 def test_neighbourhood_ties_by_smaller_id(nbr):
-    nb = nbr.neighbourhood(3)  # items i0 i4: u0 (i0), u1 (i0), u2 (i4) all share one item
+    nb = nbr.neighbourhood(3, **WIDE)  # items i0 i4: u0 (i0), u1 (i0), u2 (i4) all share one item
     assert nb.co_users.tolist() == [0, 1, 2]
     assert nb.co_user_weight.tolist() == [1.0, 1.0, 1.0]
     assert nb.two_hop_items.tolist() == [1, 2, 3]  # i1: u0 u1 u2 = 3, i2: u0 u2 = 2, i3: u1 = 1
-    tie = nbr.neighbourhood(None, np.array([3]))  # only u1 holds i3; its i0 and i1 tie at 1
+    tie = nbr.neighbourhood(None, np.array([3]), **WIDE)  # only u1 holds i3; its i0 and i1 tie at 1
     assert tie.user is None
     assert tie.co_users.tolist() == [1]
     assert tie.two_hop_items.tolist() == [0, 1]
@@ -317,17 +320,18 @@ def test_neighbourhood_ties_by_smaller_id(nbr):
 
 
 def test_neighbourhood_cold_start_and_live_history(nbr):
-    cold = nbr.neighbourhood(None, np.array([4, 2, 4]))  # duplicates dropped, first-occurrence order kept
+    # duplicates dropped, first-occurrence order kept
+    cold = nbr.neighbourhood(None, np.array([4, 2, 4]), **WIDE)
     assert cold.items.tolist() == [4, 2]
     assert cold.co_users.tolist() == [2, 0, 3]  # u2 holds both (2); u0 (i2), u3 (i4) hold one
     assert cold.two_hop_items.tolist() == [1, 0]  # i1: u2 (2) + u0 (1) = 3; i0: u0 (1) + u3 (1) = 2
     # a known user whose live history adds i3: u0's own row never counts as a co-user
-    live = nbr.neighbourhood(0, np.array([0, 1, 2, 3]))
+    live = nbr.neighbourhood(0, np.array([0, 1, 2, 3]), **WIDE)
     assert live.co_users.tolist() == [1, 2, 3]
     assert live.co_user_weight.tolist() == [3.0, 2.0, 1.0]
     assert live.two_hop_items.tolist() == [4]
     assert live.two_hop_weight.tolist() == [3.0]
-    nothing = nbr.neighbourhood(None, np.array([], dtype=np.int64))
+    nothing = nbr.neighbourhood(None, np.array([], dtype=np.int64), **WIDE)
     assert nothing.items.size == nothing.co_users.size == nothing.two_hop_items.size == 0
 
 
@@ -338,7 +342,7 @@ def test_neighbourhood_matches_dense_reference(seed):
     g = BipartiteGraph.from_matrix(m)
     x = (m.toarray() != 0).astype(int)
     for u in range(30):
-        nb = g.neighbourhood(u, n_users=6, n_items=8)
+        nb = g.neighbourhood(u, n_users=6, n_items=8, item_norm=0.0)
         shared = x[:, x[u] > 0].sum(1)
         shared[u] = 0
         users = sorted((v for v in range(30) if shared[v] > 0), key=lambda v: (-shared[v], v))[:6]
@@ -361,7 +365,7 @@ def test_save_load_round_trip(tmp_path, path):
     assert (back.ui != path.ui).nnz == 0
     nodes = np.array(PATH_ORDER)
     np.testing.assert_array_equal(back.hop_distances(nodes), path.hop_distances(nodes))
-    assert back.neighbourhood(1) == path.neighbourhood(1)
+    assert back.neighbourhood(1, **WIDE) == path.neighbourhood(1, **WIDE)
 
 
 def test_load_errors(tmp_path, path):
@@ -396,7 +400,7 @@ def test_amazon_office_against_scipy_bfs():
     ui = (train != 0).astype(np.float64)
     sets = []
     for u in rng.integers(0, g.n_users, size=6).tolist():
-        nb = g.neighbourhood(u, n_users=8, n_items=8)
+        nb = g.neighbourhood(u, n_users=8, n_items=8, item_norm=0.0)
         sets.append(
             np.concatenate([[u], g.item_node(nb.items[:10]), nb.co_users, g.item_node(nb.two_hop_items)])
         )

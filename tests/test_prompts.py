@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -61,7 +62,7 @@ def test_bias_values_on_hand_made_graph(builder: PromptBuilder) -> None:
 
 def test_neighbourhood_prompt_has_varied_distances(builder: PromptBuilder) -> None:
     g = builder.graph
-    nb = g.neighbourhood(0, n_users=5, n_items=5)
+    nb = g.neighbourhood(0, n_users=5, n_items=5, item_norm=0.0)
     assert nb.co_users.tolist() == [1] and nb.two_hop_items.tolist() == [2]
     p = builder.predictive(0, g.user_items(0), nb)
     text = builder.tok.decode(p.input_ids)
@@ -90,6 +91,16 @@ def test_builder_neighbourhood_follows_the_prompt_config(builder: PromptBuilder)
     # a partial override (TrainConfig.prompt) takes today's defaults: the legacy values are for saved files
     # only (they once leaked into every training run, which then ranked two-hop items by raw counts)
     assert PromptConfig.from_dict({"n_two_hop_items": 5}).two_hop_norm == PromptConfig().two_hop_norm == 0.5
+
+
+def test_the_two_hop_settings_have_one_default() -> None:
+    """PromptConfig's defaults are the only ones: the graph query takes the settings explicitly, and a saved
+    file lacking a field gets the value it was trained with, not a second default."""
+    params = inspect.signature(BipartiteGraph.neighbourhood).parameters
+    assert all(params[p].default is inspect.Parameter.empty for p in ("n_users", "n_items", "item_norm"))
+    today = PromptConfig()
+    assert PromptConfig.from_saved(today.to_dict()) == today  # a complete saved file: exactly as written
+    assert PromptConfig.from_saved({}) == PromptConfig(two_hop_norm=0.0, candidate_strength=0.0)
 
 
 def test_removed_edges_change_the_bias(builder: PromptBuilder) -> None:
@@ -127,7 +138,7 @@ def test_history_is_capped_to_the_most_recent(builder: PromptBuilder) -> None:
 
 def test_cached_distances_match_fresh_ones(builder: PromptBuilder) -> None:
     g = builder.graph
-    nb = g.neighbourhood(0, n_users=5, n_items=5)
+    nb = g.neighbourhood(0, n_users=5, n_items=5, item_norm=0.0)
     p = builder.predictive(0, np.array([1, 0]), nb)
     cached = builder.distances(p.node_ids)
     q = builder.predictive(0, np.array([0, 1]), nb, distances=cached)

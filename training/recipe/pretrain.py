@@ -57,7 +57,12 @@ class PretrainData:
     def co_users(self, u: int) -> np.ndarray:
         hit = self._co.get(u)
         if hit is None:
-            hit = self.g.neighbourhood(u, n_users=max(self.b.cfg.n_co_users, 1), n_items=0).co_users
+            hit = self.g.neighbourhood(
+                u,
+                n_users=max(self.b.cfg.n_co_users, 1),
+                n_items=0,
+                item_norm=0.0,  # two-hop items unused
+            ).co_users
             self._co[u] = hit
         return hit
 
