@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from edgerec import demo
+from edgerec import demo, retrain
 from model_store import cli as models_cli
 from service import cli as service_cli
 from training.data import cli as data_cli
@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 # The order is the order of the help text: the offline stages, the store, then serving.
-for _area in (data_cli, evaluate_cli, train_cli, export_cli, models_cli, service_cli, demo):
+for _area in (data_cli, evaluate_cli, train_cli, export_cli, models_cli, service_cli, retrain, demo):
     _area.register(app)
 
 

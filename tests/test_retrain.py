@@ -1,0 +1,218 @@
+"""``edgerec retrain`` end to end against a real Redis: interactions written through the service's write path
+(``Cache.append_interactions``), tiny real models (``tiny_store``), the real model store.
+
+Exactly once: two retrains read disjoint ranges that together hold every write; a retrain stopped after
+reading, after training or after publishing (the ``EDGEREC_RETRAIN_FAIL_AT`` test hook) and run again
+learns every interaction once; what arrives during a retrain waits for the next. The gate refuses a worse
+candidate and leaves the served version in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+import redis
+from service_support import delete_prefix, redis_url_or_skip, tiny_store, unique_prefix
+from shared_data import office_users
+
+from edgerec.retrain import FAIL_ENV, InjectedFailure, load_checkpoint, retrain
+from model_store import ModelStore
+from service.cache import Cache
+from service.redis_conn import make_client
+from training.data.dataset import PreparedDataset
+
+SHARDS = 4
+EPOCHS = 1
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv(FAIL_ENV, raising=False)
+    import torch
+
+    torch.set_num_threads(1)
+    url = redis_url_or_skip()
+    tiny = tiny_store()
+    root = tmp_path / "store"
+    shutil.copytree(tiny.root, root)
+    prefix = unique_prefix()
+    yield {"url": url, "root": root, "prefix": prefix, "tiny": tiny}
+    delete_prefix(url, prefix)
+
+
+def write(url: str, prefix: str, events: list[tuple[str, list[str]]]) -> list[str]:
+    """Each (user, items) through the service's write path; returns the stream ids."""
+
+    async def go():
+        cache = Cache(make_client(url, 2.0), prefix, stream_shards=SHARDS)
+        ids = []
+        for n, (user, items) in enumerate(events):
+            res = await cache.append_interactions(user, items, [time.time() + n] * len(items), "v-test")
+            ids.append(res.stream_id)
+        await cache.client.aclose()
+        return ids
+
+    return asyncio.run(go())
+
+
+def new_traffic(tiny, n_users: int, start: int = 0) -> list[tuple[str, list[str]]]:
+    """Real amazon-office users beyond the tiny slice, in time order, as live traffic: each user's known
+    items one write at a time (plus one item the served version has never seen for every other user)."""
+    raw = office_users(460)
+    known_users, known_items = set(tiny.user_ids), set(tiny.item_ids)
+    per_user: dict[str, list[tuple[float, str]]] = {}
+    for k, (u, i) in enumerate(zip(raw.users, raw.items, strict=True)):
+        if u not in known_users and i in known_items:
+            t = float(raw.timestamps[k]) if raw.timestamps is not None else float(k)
+            per_user.setdefault(u, []).append((t, i))
+    users = sorted(u for u, rows in per_user.items() if len({i for _, i in rows}) >= 3)[
+        start : start + n_users
+    ]
+    out = []
+    for n, u in enumerate(users):
+        items = list(dict.fromkeys(i for _, i in sorted(per_user[u])))
+        if n % 2:
+            items.insert(1, f"new-item-{n % 3}")
+        out += [(u, [items[0]]), (u, items[1:-1]), (u, [items[-1]])]
+    return out
+
+
+def run(env, **kw):
+    args = {
+        "store_root": env["root"],
+        "redis_url": env["url"],
+        "prefix": env["prefix"],
+        "shards": SHARDS,
+        "epochs": EPOCHS,
+        "echo": lambda m: None,
+    }
+    return retrain(**(args | kw))
+
+
+def interactions(events) -> int:
+    return sum(len(items) for _, items in events)
+
+
+def test_retrain_reads_exactly_once_across_two_retrains(env):
+    store = ModelStore(env["root"])
+    served = store.current()
+    a = new_traffic(env["tiny"], 12)
+    b = new_traffic(env["tiny"], 8, start=12)
+    ids_a = write(env["url"], env["prefix"], a)
+    first = run(env, tolerance=1.0)  # this test is about the stream, not the gate
+    assert first.status == "promoted" and first.version != served
+    extra = store.manifest(first.version).extra["retrain"]
+    assert extra["base_version"] == served
+    assert extra["stream"]["entries"] == len(a) and extra["stream"]["interactions"] == interactions(a)
+    shards = extra["stream"]["shards"]
+    assert sum(s["count"] for s in shards.values()) == len(a)
+    assert {s["last"] for s in shards.values() if s["count"]} <= set(ids_a)
+    ck = load_checkpoint(env["root"] / "retrain")
+    assert ck.version == first.version and ck.positions == {k: s["upper"] for k, s in shards.items()}
+    # new users and items got dense ids after the served ones, and the published version serves them
+    version_users = json.loads((store.path(first.version) / "user_ids.json").read_text())
+    version_items = json.loads((store.path(first.version) / "item_ids.json").read_text())
+    assert version_users[: len(env["tiny"].user_ids)] == env["tiny"].user_ids
+    assert {u for u, _ in a} <= set(version_users)
+    assert {"new-item-0", "new-item-1", "new-item-2"} <= set(version_items)
+    snap1 = PreparedDataset.load(extra["dataset_dir"])
+    assert snap1.train.nnz + snap1.test.nnz > 0 and extra["snapshot"]["holdout"] == snap1.test.nnz
+
+    ids_b = write(env["url"], env["prefix"], b)
+    second = run(env, tolerance=1.0)
+    extra2 = store.manifest(second.version).extra["retrain"]
+    assert extra2["stream"]["entries"] == len(b) and extra2["base_version"] == first.version
+    got = {s["first"] for s in extra2["stream"]["shards"].values() if s["count"]}
+    assert got <= set(ids_b) and not got & set(ids_a)
+    # every interaction of both reads is in the second snapshot exactly once (train or holdout)
+    snap2 = PreparedDataset.load(extra2["dataset_dir"])
+    pairs = _pairs(snap2, ("train", "valid", "test"))
+    for user, items in a + b:
+        for item in items:
+            assert (user, item) in pairs
+    assert _overlap(snap2) == 0
+
+    third = run(env)
+    assert third.status == "nothing_new" and "nothing new since" in third.message
+
+
+def _pairs(data: PreparedDataset, splits) -> set[tuple[str, str]]:
+    out = set()
+    for s in splits:
+        m = getattr(data, s).tocoo()
+        out |= {(data.user_ids[u], data.item_ids[i]) for u, i in zip(m.row, m.col, strict=True)}
+    return out
+
+
+def _overlap(data: PreparedDataset) -> int:
+    t, v, h = (getattr(data, s).astype(bool) for s in ("train", "valid", "test"))
+    return int(t.multiply(v).nnz + t.multiply(h).nnz + v.multiply(h).nnz)
+
+
+def test_retrain_killed_at_read_train_publish_loses_nothing_and_counts_nothing_twice(env, monkeypatch):
+    store = ModelStore(env["root"])
+    state = env["root"] / "retrain"
+    a = new_traffic(env["tiny"], 10)
+    write(env["url"], env["prefix"], a)
+    before = [row.version for row in store.list()]
+    for point in ("read", "train"):
+        monkeypatch.setenv(FAIL_ENV, point)
+        with pytest.raises(InjectedFailure):
+            run(env, tolerance=1.0)
+        assert load_checkpoint(state).positions == {}  # nothing advanced
+        assert [row.version for row in store.list()] == before  # nothing published
+    monkeypatch.setenv(FAIL_ENV, "publish")
+    with pytest.raises(InjectedFailure):
+        run(env, tolerance=1.0)
+    published = [row.version for row in store.list() if row.version not in before]
+    assert len(published) == 1 and load_checkpoint(state).positions == {}  # published, not advanced
+    monkeypatch.delenv(FAIL_ENV)
+
+    # interactions written while the rerun runs (after it read) wait for the next retrain
+    late = new_traffic(env["tiny"], 4, start=10)
+    late_ids: list[str] = []
+
+    def echo(msg: str) -> None:
+        if msg.startswith("read ") or msg.startswith("version "):
+            late_ids.extend(write(env["url"], env["prefix"], late))
+
+    rerun = run(env, echo=echo)
+    assert rerun.status == "advanced" and rerun.version == published[0]  # no second training
+    assert store.current() == published[0]  # its gate passed (tolerance 1.0), its promotion completed
+    extra = store.manifest(published[0]).extra["retrain"]
+    assert extra["stream"]["entries"] == len(a)
+    ck = load_checkpoint(state)
+    assert ck.positions == {k: s["upper"] for k, s in extra["stream"]["shards"].items()}
+
+    nxt = run(env, tolerance=1.0)
+    extra2 = store.manifest(nxt.version).extra["retrain"]
+    assert extra2["stream"]["entries"] == len(late) == len(late_ids)
+    firsts = {s["first"] for s in extra2["stream"]["shards"].values() if s["count"]}
+    assert firsts <= set(late_ids)
+    total = extra["stream"]["entries"] + extra2["stream"]["entries"]
+    r = redis.Redis.from_url(env["url"])
+    in_stream = sum(r.xlen(k) for k in extra["stream"]["shards"])
+    assert total == in_stream == len(a) + len(late)
+    assert len([row for row in store.list() if row.version not in before]) == 2
+
+
+def test_retrain_gate_refuses_a_worse_candidate(env):
+    store = ModelStore(env["root"])
+    served = store.current()
+    write(env["url"], env["prefix"], new_traffic(env["tiny"], 16))
+    # a candidate wrecked on purpose: a learning rate far beyond the recipe's
+    res = run(env, train_overrides={"lr": 0.5})
+    gate = res.gate
+    assert gate["holdout"] > 0 and gate["served"]["recall@20"] > 0
+    assert not gate["passed"] and res.status == "published" and "NOT promoted" in res.message
+    assert gate["candidate"]["recall@20"] < gate["served"]["recall@20"] * (1 - gate["tolerance"])
+    assert store.current() == served  # still serving the old version
+    assert store.manifest(res.version).extra["retrain"]["gate"]["passed"] is False
+    assert load_checkpoint(env["root"] / "retrain").version == res.version  # learned from, not lost
+    assert np.isfinite(gate["served"]["recall@20"])

@@ -1,0 +1,131 @@
+"""A retrain's dataset snapshot: the served version's dataset plus the interactions read from the stream.
+
+:func:`merge` keeps every user and item of the base dataset at its dense index (so the served model's rows
+stay where they are) and appends new users and new items after them, in sorted raw-id order. Splits:
+
+* ``train`` = base train + base test (the previous snapshot's holdout, now old enough to learn from) + the
+  new interactions that are not held out;
+* ``valid`` = base valid (model selection of the fine-tune, as in the original run);
+* ``test``  = the **holdout**: per user among the new interactions, the newest one (stream order) when the
+  user keeps at least one other train interaction, the item is not already known to that user, and the item
+  occurs in train for someone else (an item no model has seen cannot be ranked by either). Neither the served
+  version nor the candidate trains on it; the promotion gate scores both on it, and the next snapshot folds it
+  into train, so every interaction is learned from exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from training.data.dataset import PreparedDataset, fingerprint
+
+
+@dataclass(frozen=True)
+class Event:
+    """One new interaction, in stream order (``order`` is the global reading position)."""
+
+    user: str
+    item: str
+    order: int
+
+
+@dataclass
+class Snapshot:
+    data: PreparedDataset
+    n_base_users: int
+    n_base_items: int
+    stats: dict
+
+
+def merge(
+    base: PreparedDataset, events: Sequence[Event], name: str | None = None, holdout: bool = True
+) -> Snapshot:
+    """The new snapshot (see the module docstring); ``holdout=False`` trains on every new interaction."""
+    u_index, i_index = base.user_index(), base.item_index()
+    new_users = sorted({e.user for e in events} - set(u_index))
+    new_items = sorted({e.item for e in events} - set(i_index))
+    user_ids = list(base.user_ids) + new_users
+    item_ids = list(base.item_ids) + new_items
+    u_index.update({u: len(base.user_ids) + k for k, u in enumerate(new_users)})
+    i_index.update({it: len(base.item_ids) + k for k, it in enumerate(new_items)})
+    shape = (len(user_ids), len(item_ids))
+
+    def grow(m: sp.csr_matrix) -> sp.csr_matrix:
+        m = m.tocoo()
+        return sp.csr_matrix((np.ones(m.nnz, np.float32), (m.row, m.col)), shape=shape)
+
+    old = grow(base.train + base.test)
+    old.data[:] = 1
+    valid = grow(base.valid)
+    valid.data[:] = 1
+    # pairs already in the dataset (a valid pair stays in valid only: never in two splits)
+    known = {(int(u), int(i)) for u, i in zip(*(old + valid).nonzero(), strict=True)}
+    # New pairs, first occurrence only (a repeat of a pair is one interaction, as prepare() dedupes).
+    fresh: dict[tuple[int, int], int] = {}
+    for e in sorted(events, key=lambda e: e.order):
+        pair = (u_index[e.user], i_index[e.item])
+        if pair not in known and pair not in fresh:
+            fresh[pair] = e.order
+    held: set[tuple[int, int]] = set()
+    if holdout and fresh:
+        per_user: dict[int, list[tuple[int, int]]] = {}
+        for pair, order in fresh.items():
+            per_user.setdefault(pair[0], []).append((order, pair[1]))
+        old_deg = np.diff(old.indptr)
+        item_users: dict[int, int] = {}
+        for _, i in list(known) + list(fresh):
+            item_users[i] = item_users.get(i, 0) + 1
+        for u, rows in per_user.items():
+            _, item = max(rows)
+            if old_deg[u] + len(rows) - 1 >= 1 and item_users[item] >= 2:
+                held.add((u, item))
+    train_pairs = [p for p in fresh if p not in held]
+    train = _matrix(old, train_pairs, shape)
+    test = _matrix(sp.csr_matrix(shape, dtype=np.float32), sorted(held), shape)
+    item_text = {f: list(v) + [""] * len(new_items) for f, v in base.item_text.items()}
+    split = {
+        "kind": "retrain",
+        "base_fingerprint": base.fingerprint,
+        "holdout": "newest new interaction per user (stream order) whose item others trained on",
+        "k_core": base.split.get("k_core"),
+    }
+    mats = {"train": train, "valid": valid, "test": test}
+    for m in mats.values():
+        m.sort_indices()
+    data = PreparedDataset(
+        name=name or base.name,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        train=train,
+        valid=valid,
+        test=test,
+        item_text=item_text,
+        split=split,
+        fingerprint=fingerprint(user_ids, item_ids, mats, split),
+        reviews=dict(base.reviews),
+        source=base.source,
+    )
+    stats = {
+        "events": len(events),
+        "new_pairs": len(fresh),
+        "repeats": len(events) - len(fresh),
+        "holdout": len(held),
+        "new_users": len(new_users),
+        "new_items": len(new_items),
+        "train": int(train.nnz),
+    }
+    return Snapshot(data, len(base.user_ids), len(base.item_ids), stats)
+
+
+def _matrix(old: sp.csr_matrix, pairs: list[tuple[int, int]], shape: tuple[int, int]) -> sp.csr_matrix:
+    coo = old.tocoo()
+    rows = np.concatenate([coo.row, np.array([p[0] for p in pairs], dtype=np.int64)])
+    cols = np.concatenate([coo.col, np.array([p[1] for p in pairs], dtype=np.int64)])
+    m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=shape)
+    m.sum_duplicates()
+    m.data[:] = 1
+    return m
