@@ -85,7 +85,7 @@ def run_one(name: str, queries: int, hop_queries: int, batch: int, data_root: Pa
     t_build = time.perf_counter() - t0
     del train
     t0 = time.perf_counter()
-    g.warm()
+    g.hops.warm()
     t_warm = time.perf_counter() - t0
 
     rng = np.random.default_rng(123)

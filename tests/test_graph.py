@@ -395,7 +395,8 @@ def test_amazon_office_against_scipy_bfs():
     from training.data.recbole import read_recbole
 
     train = prepare(read_recbole(root), "amazon-office").train
-    g = BipartiteGraph.from_matrix(train).warm()
+    g = BipartiteGraph.from_matrix(train)
+    g.hops.warm()
     rng = np.random.default_rng(7)
     ui = (train != 0).astype(np.float64)
     sets = []
@@ -428,10 +429,10 @@ def test_small_cache_evicts_and_stays_correct():
     m = sp.random(40, 30, density=0.1, random_state=rng, format="csr")
     ui = (m.toarray() != 0).astype(float)
     g = BipartiteGraph.from_matrix(m)
-    g.cooc_cache_bytes = 3 * 8 * g._n_words
+    g.hops.cooc_cache_bytes = 3 * 8 * g.hops.n_words
     sets = [rng.choice(70, size=15) for _ in range(24)]
     with ThreadPoolExecutor(4) as pool:  # the service queries one graph from several threads
         results = list(pool.map(g.hop_distances, sets))
-    assert g._cache().owner.size == 3
+    assert g.hops._cache().owner.size == 3
     for s, d in zip(sets, results, strict=True):
         np.testing.assert_array_equal(d, reference_distances(ui, s, 5))
