@@ -179,3 +179,66 @@ def test_precision_is_validated_and_fp32_means_no_autocast():
         warnings.simplefilter("ignore")
         assert isinstance(loop.autocast(cuda, "auto"), torch.autocast)
     assert isinstance(loop.autocast(torch.device("cpu"), "bf16"), contextlib.nullcontext)
+
+
+def test_prompt_and_bias_sections_are_typed_and_name_unknown_fields():
+    from graphprompt.bias import BiasConfig
+    from graphprompt.prompts import PromptConfig
+    from training.recipe.train import TrainConfig
+
+    cfg = TrainConfig(dataset="x", prompt={"n_two_hop_items": 30}, bias={"max_hops": 3})
+    assert cfg.prompt == PromptConfig(n_two_hop_items=30, bias=BiasConfig(max_hops=3))
+    assert cfg.prompt.bias is cfg.bias  # one bias: the prompt config the run saves carries the bias section
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    saved = cfg.to_dict()
+    assert saved["prompt"]["n_two_hop_items"] == 30 and "bias" not in saved["prompt"]
+    assert saved["bias"]["max_hops"] == 3 and "tokenizer" not in saved["prompt"]
+    with pytest.raises(ValueError, match=r"TrainConfig.prompt: unknown field\(s\) \['n_two_hop'\]"):
+        TrainConfig(dataset="x", prompt={"n_two_hop": 30})
+    with pytest.raises(ValueError, match=r"TrainConfig.bias: unknown field\(s\) \['hops'\]"):
+        TrainConfig.from_dict({"dataset": "x", "bias": {"hops": 3}})
+    with pytest.raises(ValueError, match="'bias' cannot be set here"):
+        TrainConfig(dataset="x", prompt={"bias": {"max_hops": 3}})
+    with pytest.raises(ValueError, match="must be an object"):
+        TrainConfig(dataset="x", prompt=30)
+
+
+def test_train_config_of_a_run_before_the_sections_were_typed_still_loads(tmp_path: Path):
+    """Older runs' train_config.json hold only the overridden prompt / bias fields; they load, and a resume
+    compares them with today's form (nothing differs), while a real change is still refused."""
+    from training.recipe.train import TrainConfig, _claim_run_dir
+
+    old = {"dataset": "x", "prompt": {"max_history": 30}, "bias": {}, "epochs": 2}
+    cfg = TrainConfig.from_dict(old)
+    assert (
+        cfg.prompt.max_history == 30
+        and cfg.prompt.n_two_hop_items == TrainConfig(dataset="x").prompt.n_two_hop_items
+    )
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "train_config.json").write_text(json.dumps(old))
+    _claim_run_dir(tmp_path, TrainConfig.from_dict({**old, "epochs": 5}), True, False, ("pretrain",))
+    changed = TrainConfig.from_dict({**old, "prompt": {"max_history": 20}})
+    with pytest.raises(ValueError, match=r"different configuration \(prompt\)"):
+        _claim_run_dir(tmp_path, changed, True, False, ("pretrain",))
+
+
+def test_set_overrides_whole_sections_and_single_fields():
+    import typer
+
+    from training.recipe.cli import apply_overrides
+
+    got = apply_overrides(
+        {"prompt": {"max_history": 7}},
+        ["epochs=3", "device=cpu", "prompt.n_two_hop_items=30", "bias.enabled=false"],
+    )
+    assert got == {
+        "prompt": {"max_history": 7, "n_two_hop_items": 30},
+        "bias": {"enabled": False},
+        "epochs": 3,
+        "device": "cpu",
+    }
+    whole = apply_overrides({}, ['prompt={"n_two_hop_items": 30}', "prompt.two_hop_norm=0"])
+    assert whole == {"prompt": {"n_two_hop_items": 30, "two_hop_norm": 0}}
+    for bad in ("epochs", "lr.x=1", "prompt.=3"):
+        with pytest.raises(typer.BadParameter):
+            apply_overrides({}, [bad])

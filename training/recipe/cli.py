@@ -13,6 +13,32 @@ import typer
 _STAGES = {"train": ("pretrain", "finetune"), "pretrain": ("pretrain",), "finetune": ("finetune",)}
 
 
+SECTIONS = ("prompt", "bias")  # TrainConfig fields that hold a config of their own
+
+
+def apply_overrides(fields: dict, overrides: list[str]) -> dict:
+    """``--set`` items applied in order: ``key=JSON`` (a bare word is a string) sets a TrainConfig field, a
+    whole section too (``prompt='{"n_two_hop_items": 30}'``); ``prompt.n_two_hop_items=30`` sets one field of
+    a section, keeping the section's others. Unknown names are left to TrainConfig, which names them."""
+    out = dict(fields)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        section, dot, name = key.partition(".")
+        if not dot:
+            out[key] = value
+        elif section in SECTIONS and name and isinstance(out.get(section, {}), dict):
+            out[section] = {**out.get(section, {}), name: value}
+        else:
+            raise typer.BadParameter(f"--set {key}: only {', '.join(SECTIONS)} take SECTION.FIELD=value")
+    return out
+
+
 def _run(
     stage: str,
     dataset: str,
@@ -29,14 +55,7 @@ def _run(
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     fields: dict = json.loads(config.read_text()) if config else {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
-        try:
-            fields[key] = json.loads(value)
-        except json.JSONDecodeError:
-            fields[key] = value
+    fields = apply_overrides(fields, overrides)
     fields["dataset"] = dataset
     if run_dir is not None:
         fields["run_dir"] = str(run_dir)
@@ -61,7 +80,9 @@ def register(app: typer.Typer) -> None:
             ),
             config: Path | None = typer.Option(None, "--config", help="JSON file of TrainConfig fields"),
             overrides: list[str] = typer.Option(
-                [], "--set", help="TrainConfig field=value (JSON value), repeatable"
+                [],
+                "--set",
+                help="TrainConfig field=JSON, or prompt.FIELD=JSON / bias.FIELD=JSON; repeatable",
             ),
             resume: bool = typer.Option(False, "--resume", help="continue from the run folder's checkpoints"),
             overwrite: bool = typer.Option(False, "--overwrite", help="delete an existing run folder first"),

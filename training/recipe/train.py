@@ -20,7 +20,7 @@ import math
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +61,9 @@ class TrainConfig:
     # the candidate prior (GraphGPT.set_prior): its weight is picked on validation after fine-tuning
     candidate_prior: bool = True
     prior_grid: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0])
-    # prompts (PromptConfig fields) and graph bias
-    prompt: dict = field(default_factory=dict)
-    bias: dict = field(default_factory=dict)  # BiasConfig fields: enabled, mode, max_hops, c
+    # prompts and graph bias; given as dicts of fields (JSON, --set), a missing field takes its class default
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # its .bias is always the bias section
+    bias: BiasConfig = field(default_factory=BiasConfig)
     # pre-training
     pretrain_rounds: int = 2  # each round = one collaborative epoch + one content epoch
     content_warmup: int = 1  # content epochs before the first round
@@ -92,16 +92,50 @@ class TrainConfig:
         self.prior_grid = [float(b) for b in self.prior_grid]  # JSON-equal, so a resume compares equal
         if not self.prior_grid or min(self.prior_grid) < 0:
             raise ValueError(f"prior_grid must hold one or more weights >= 0, got {self.prior_grid}")
+        if not isinstance(self.bias, BiasConfig):
+            self.bias = _section(BiasConfig, "bias", self.bias)
+        if not isinstance(self.prompt, PromptConfig):
+            self.prompt = _section(PromptConfig, "prompt", self.prompt)
+        elif self.prompt.bias not in (BiasConfig(), self.bias) or self.prompt.tokenizer:
+            raise ValueError("TrainConfig.prompt: leave bias to TrainConfig.bias and tokenizer to the run")
+        # One bias, shared: the prompt config the run saves carries exactly the bias section.
+        self.prompt = replace(self.prompt, bias=self.bias)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for key in PROMPT_NOT_SETTABLE:  # written by their own section / the run's prompt_config.json
+            del d["prompt"][key]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """From ``train_config.json`` or the CLI. Runs written before the sections were typed hold only the
+        fields they overrode in ``prompt`` / ``bias``; the rest take the class defaults."""
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown train config fields: {sorted(unknown)}")
         return cls(**d)
+
+
+# PromptConfig fields that a TrainConfig's prompt section does not set, and why.
+PROMPT_NOT_SETTABLE = {
+    "bias": "the graph bias is TrainConfig.bias",
+    "tokenizer": "the id-token counts come from the run's data",
+}
+
+
+def _section(kind: type, name: str, fields: dict):
+    """A typed config section from a dict of its fields; an unknown field is named in the error."""
+    if not isinstance(fields, dict):
+        raise ValueError(f"TrainConfig.{name} must be an object of {kind.__name__} fields, got {fields!r}")
+    not_settable = PROMPT_NOT_SETTABLE if kind is PromptConfig else {}
+    for key in set(fields) & set(not_settable):
+        raise ValueError(f"TrainConfig.{name}: {key!r} cannot be set here: {not_settable[key]}")
+    known = set(kind.__dataclass_fields__) - set(not_settable)
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"TrainConfig.{name}: unknown field(s) {unknown}; known: {sorted(known)}")
+    return kind.from_dict(fields)
 
 
 # ------------------------------------------------------------------------------------------------ run set-up
@@ -135,8 +169,7 @@ def build_run(
     loop.barrier(d)
     graph = BipartiteGraph.from_matrix(data.train)
     tok = _tokenizer(cfg, data, run_dir)
-    pcfg = PromptConfig.from_dict({**cfg.prompt, "bias": asdict(BiasConfig(**cfg.bias))})
-    pcfg.tokenizer = tok.counts()
+    pcfg = replace(cfg.prompt, tokenizer=tok.counts())
     builder = PromptBuilder(tok, graph, pcfg)
     mcfg = ModelConfig.preset(cfg.size, n_words=tok.n_words, n_users=data.n_users, n_items=data.n_items)
     for k in ("n_layer", "n_embd", "n_head"):
@@ -192,7 +225,7 @@ def _claim_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: boo
                 if s != "model.safetensors":
                     shutil.rmtree(run_dir / s, ignore_errors=True)
     if has_state and resume:
-        old = json.loads((run_dir / "train_config.json").read_text())
+        old = _comparable(json.loads((run_dir / "train_config.json").read_text()))
         new = cfg.to_dict()
         changed = sorted(
             k for k in set(old) | set(new) if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k)
@@ -200,6 +233,15 @@ def _claim_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: boo
         if changed:
             raise ValueError(f"{run_dir} was started with a different configuration ({', '.join(changed)})")
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _comparable(saved: dict) -> dict:
+    """A saved train config in today's form (a run started before the sections were typed stored only its
+    prompt / bias overrides); as written where it no longer loads, so the comparison names what differs."""
+    try:
+        return TrainConfig.from_dict(saved).to_dict()
+    except (TypeError, ValueError):
+        return saved
 
 
 def _tokenizer(cfg: TrainConfig, data: PreparedDataset, run_dir: Path) -> RecTokenizer:
