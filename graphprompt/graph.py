@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from graphprompt.hops import Edges, EdgesArg, HopDistances
+from graphprompt.hops import Edges, HopDistances
 
 FORMAT_VERSION = 1
 
@@ -228,25 +228,24 @@ class BipartiteGraph:
     def hop_distances(
         self,
         nodes: np.ndarray,
-        max_hops: int = 5,
+        max_hops: int,
         extra_edges: Edges | None = None,
         removed_edges: Edges | None = None,
     ) -> np.ndarray:
         """int8 (n, n) hop distances among global node ids; ``max_hops + 1`` where farther, 0 on the diagonal.
 
         ``extra_edges = (user_idx, item_idx)`` adds live edges on top of the snapshot; ``removed_edges`` (same
-        form) takes edges away (e.g. a user's held-out edges). Removal wins over addition.
+        form) takes edges away (e.g. a user's held-out edges). Removal wins over addition. ``max_hops`` has no
+        default here: it is ``BiasConfig.max_hops``, which the prompt builder and training pass on.
         """
-        extra = None if extra_edges is None else tuple(extra_edges)
-        removed = None if removed_edges is None else tuple(removed_edges)
-        return self.hop_distances_many([nodes], max_hops, extra, removed)[0]
+        return self.hop_distances_many([nodes], max_hops, extra_edges, removed_edges)[0]
 
     def hop_distances_many(
         self,
         node_sets: Sequence[np.ndarray],
-        max_hops: int = 5,
-        extra_edges: EdgesArg = None,
-        removed_edges: EdgesArg = None,
+        max_hops: int,
+        extra_edges: Edges | None = None,
+        removed_edges: Edges | None = None,
         *,
         chunk_bytes: int = 16 * 2**20,
     ) -> list[np.ndarray]:

@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from graphprompt.graph import BipartiteGraph
 
 Edges = tuple[np.ndarray, np.ndarray]
-# For the batched call: one modification for all sets, or one per set (None where a set has none).
-EdgesArg = Edges | Sequence[Edges | None] | None
 
 
 class HopDistances:
@@ -46,8 +44,8 @@ class HopDistances:
         self,
         node_sets: Sequence[np.ndarray],
         max_hops: int,
-        extra_edges: EdgesArg = None,
-        removed_edges: EdgesArg = None,
+        extra_edges: Edges | None = None,
+        removed_edges: Edges | None = None,
         *,
         chunk_bytes: int = 16 * 2**20,
     ) -> list[np.ndarray]:
@@ -55,9 +53,8 @@ class HopDistances:
 
         Sets are processed in chunks whose bitsets fit ``chunk_bytes``; within a chunk every distinct node's
         balls are built once, with all co-occurrence rows fetched in one vectorised pass (and cached by the
-        engine for later calls). ``extra_edges`` / ``removed_edges``: one ``(users, items)`` tuple for all
-        sets, or a list with one entry (or None) per set; sets with their own edge changes are computed one
-        by one.
+        engine for later calls). ``extra_edges`` / ``removed_edges``: one ``(users, items)`` pair of edge
+        changes applied for every set.
         """
         if (
             isinstance(max_hops, bool)
@@ -68,19 +65,12 @@ class HopDistances:
         sets = [self.g.check_nodes(s) for s in node_sets]
         if not sets:
             return []
-        extra = _per_set(extra_edges, len(sets), "extra_edges")
-        removed = _per_set(removed_edges, len(sets), "removed_edges")
         out: list[np.ndarray | None] = [None] * len(sets)
-        if not (isinstance(extra_edges, list) or isinstance(removed_edges, list)):
-            mods = self._modifications(extra[0], removed[0])
-            for chunk in self._chunks(sets, chunk_bytes):
-                dists = self._distances_chunk([sets[k] for k in chunk], int(max_hops), mods)
-                for k, d in zip(chunk, dists, strict=True):
-                    out[k] = d
-        else:
-            for k, s in enumerate(sets):
-                mods = self._modifications(extra[k], removed[k])
-                out[k] = self._distances_chunk([s], int(max_hops), mods)[0]
+        mods = self._modifications(extra_edges, removed_edges)
+        for chunk in self._chunks(sets, chunk_bytes):
+            dists = self._distances_chunk([sets[k] for k in chunk], int(max_hops), mods)
+            for k, d in zip(chunk, dists, strict=True):
+                out[k] = d
         return out  # type: ignore[return-value]
 
     def warm(self) -> HopDistances:
@@ -361,23 +351,6 @@ def _intersects(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     for s in range(0, a.shape[0], step):
         out[s : s + step] = (a[s : s + step, None, :] & b[None, :, :]).any(axis=2)
     return out
-
-
-def _is_single(edges: EdgesArg) -> bool:
-    """One ``(users, items)`` tuple for every set; a per-set form is a list."""
-    return isinstance(edges, tuple)
-
-
-def _per_set(edges: EdgesArg, n: int, name: str) -> list[Edges | None]:
-    if edges is None:
-        return [None] * n
-    if _is_single(edges):
-        return [edges] * n  # type: ignore[list-item]
-    if not isinstance(edges, list):
-        raise ValueError(f"{name}: pass a (users, items) tuple for all sets or a list with one entry per set")
-    if len(edges) != n:
-        raise ValueError(f"{name}: got {len(edges)} per-set entries for {n} node sets")
-    return edges  # type: ignore[return-value]
 
 
 def _rows_with_overrides(

@@ -88,17 +88,17 @@ def test_bad_input_is_named(path):
     with pytest.raises(ValueError, match="user index 3 out of range"):
         path.user_items(3)
     with pytest.raises(ValueError, match="node id out of range"):
-        path.hop_distances(np.array([0, 7]))
+        path.hop_distances(np.array([0, 7]), 5)
     with pytest.raises(ValueError, match="integer"):
-        path.hop_distances(np.array([0.0, 1.0]))
+        path.hop_distances(np.array([0.0, 1.0]), 5)
     with pytest.raises(ValueError, match="1-D"):
-        path.hop_distances(np.array([[0, 1]]))
+        path.hop_distances(np.array([[0, 1]]), 5)
     with pytest.raises(ValueError, match="max_hops"):
         path.hop_distances(np.array([0, 1]), max_hops=0)
     with pytest.raises(ValueError, match="differ in length"):
-        path.hop_distances(np.array([0, 3]), extra_edges=(np.array([0, 1]), np.array([2])))
+        path.hop_distances(np.array([0, 3]), 5, extra_edges=(np.array([0, 1]), np.array([2])))
     with pytest.raises(ValueError, match="edge item index out of range"):
-        path.hop_distances(np.array([0, 3]), removed_edges=(np.array([0]), np.array([4])))
+        path.hop_distances(np.array([0, 3]), 5, removed_edges=(np.array([0]), np.array([4])))
     with pytest.raises(ValueError, match="item index out of range"):
         path.neighbourhood(None, np.array([4]), **WIDE)
     with pytest.raises(ValueError, match="needs a user index or an items array"):
@@ -110,7 +110,7 @@ def test_bad_input_is_named(path):
 # ---------------------------------------------------------------- hop distances
 def test_path_distances_every_pair(path):
     nodes = np.array(PATH_ORDER)
-    d = path.hop_distances(nodes)
+    d = path.hop_distances(nodes, 5)
     assert d.dtype == np.int8 and d.shape == (7, 7)
     expected = np.array([[min(path_distance(a, b), 6) for b in nodes] for a in nodes])
     np.testing.assert_array_equal(d, expected)
@@ -128,7 +128,7 @@ def test_path_distances_other_max_hops(path, max_hops):
 
 
 def test_unreachable_nodes(split):
-    d = split.hop_distances(np.array([0, 2, 6, 5]))
+    d = split.hop_distances(np.array([0, 2, 6, 5]), 5)
     # u0-u2: other component; u0-i3: other component; u2-i3: edge; u0-i2: u0 i1 u1 i2 = 3; u2-i2: unreachable
     expected = np.array(
         [
@@ -142,20 +142,22 @@ def test_unreachable_nodes(split):
 
 
 def test_repeated_and_unordered_nodes(path):
-    d = path.hop_distances(np.array([6, 0, 6, 3]))
+    d = path.hop_distances(np.array([6, 0, 6, 3]), 5)
     expected = np.array([[0, 5, 0, 6], [5, 0, 5, 1], [0, 5, 0, 6], [6, 1, 6, 0]])
     np.testing.assert_array_equal(d, expected)
 
 
 def test_only_users_or_only_items(path):
-    np.testing.assert_array_equal(path.hop_distances(np.array([0, 1, 2])), [[0, 2, 4], [2, 0, 2], [4, 2, 0]])
-    np.testing.assert_array_equal(path.hop_distances(np.array([3, 6])), [[0, 6], [6, 0]])
-    assert path.hop_distances(np.array([], dtype=np.int64)).shape == (0, 0)
+    np.testing.assert_array_equal(
+        path.hop_distances(np.array([0, 1, 2]), 5), [[0, 2, 4], [2, 0, 2], [4, 2, 0]]
+    )
+    np.testing.assert_array_equal(path.hop_distances(np.array([3, 6]), 5), [[0, 6], [6, 0]])
+    assert path.hop_distances(np.array([], dtype=np.int64), 5).shape == (0, 0)
 
 
 def test_extra_edges(path):
     nodes = np.array([0, 6, 3, 2, 4])  # u0, i3, i0, u2, i1
-    d = path.hop_distances(nodes, extra_edges=(np.array([0]), np.array([3])))  # live edge u0 - i3
+    d = path.hop_distances(nodes, 5, extra_edges=(np.array([0]), np.array([3])))  # live edge u0 - i3
     # u0-i3 now 1; i0-i3 = i0 u0 i3 = 2; u0-u2 = u0 i3 u2 = 2; i1-i3 = i1 u0 i3 = 2; i0-u2 = 3
     expected = np.array(
         [
@@ -168,13 +170,13 @@ def test_extra_edges(path):
     )
     np.testing.assert_array_equal(d, expected)
     # an extra edge that is already in the graph changes nothing
-    same = path.hop_distances(nodes, extra_edges=(np.array([0, 0]), np.array([0, 0])))
-    np.testing.assert_array_equal(same, path.hop_distances(nodes))
+    same = path.hop_distances(nodes, 5, extra_edges=(np.array([0, 0]), np.array([0, 0])))
+    np.testing.assert_array_equal(same, path.hop_distances(nodes, 5))
 
 
 def test_removed_edges(path):
     nodes = np.array(PATH_ORDER)
-    d = path.hop_distances(nodes, removed_edges=(np.array([1]), np.array([2])))  # cut u1 - i2
+    d = path.hop_distances(nodes, 5, removed_edges=(np.array([1]), np.array([2])))  # cut u1 - i2
     left = PATH_ORDER[:4]  # i0 u0 i1 u1 | i2 u2 i3
     for a_i, a in enumerate(PATH_ORDER):
         for b_i, b in enumerate(PATH_ORDER):
@@ -182,21 +184,21 @@ def test_removed_edges(path):
             want = path_distance(a, b) if same_side else 6
             assert d[a_i, b_i] == want, (a, b)
     # removing an edge that does not exist changes nothing
-    same = path.hop_distances(nodes, removed_edges=(np.array([0]), np.array([3])))
-    np.testing.assert_array_equal(same, path.hop_distances(nodes))
+    same = path.hop_distances(nodes, 5, removed_edges=(np.array([0]), np.array([3])))
+    np.testing.assert_array_equal(same, path.hop_distances(nodes, 5))
 
 
 def test_removed_and_extra_edges_together(path):
     nodes = np.array([1, 5, 0, 6])  # u1, i2, u0, i3
     cut = (np.array([1]), np.array([2]))  # u1 - i2
     add = (np.array([0]), np.array([3]))  # u0 - i3
-    d = path.hop_distances(nodes, extra_edges=add, removed_edges=cut)
+    d = path.hop_distances(nodes, 5, extra_edges=add, removed_edges=cut)
     # u1-i2 is now u1 i1 u0 i3 u2 i2 = 5
     assert d[0, 1] == 5 and d[1, 0] == 5
     assert d[2, 3] == 1 and d[0, 2] == 2
     # an edge both added and removed is absent (removal wins)
-    d2 = path.hop_distances(nodes, extra_edges=add, removed_edges=add)
-    np.testing.assert_array_equal(d2, path.hop_distances(nodes))
+    d2 = path.hop_distances(nodes, 5, extra_edges=add, removed_edges=add)
+    np.testing.assert_array_equal(d2, path.hop_distances(nodes, 5))
 
 
 def test_direct_edges(path):
@@ -218,22 +220,20 @@ def test_direct_edges(path):
     )
 
 
-def test_many_matches_single_and_per_set_modifications(path):
+def test_many_matches_single_calls_with_and_without_edge_changes(path):
     sets = [np.array(PATH_ORDER), np.array([0, 6]), np.array([2, 3, 3]), np.array([5])]
-    many = path.hop_distances_many(sets)
+    many = path.hop_distances_many(sets, 5)
     for s, d in zip(sets, many, strict=True):
-        np.testing.assert_array_equal(d, path.hop_distances(s))
+        np.testing.assert_array_equal(d, path.hop_distances(s, 5))
     # tiny budget: one set per chunk, same answer
-    tiny = path.hop_distances_many(sets, chunk_bytes=1)
+    tiny = path.hop_distances_many(sets, 5, chunk_bytes=1)
     for a, b in zip(many, tiny, strict=True):
         np.testing.assert_array_equal(a, b)
-    removed = [None, (np.array([0]), np.array([1])), None, (np.array([2]), np.array([2]))]
-    per_set = path.hop_distances_many(sets, removed_edges=removed)
-    for s, r, d in zip(sets, removed, per_set, strict=True):
-        np.testing.assert_array_equal(d, path.hop_distances(s, removed_edges=r))
-    assert per_set[1][0, 1] == 6  # u0 - i3 with u0 - i1 cut: unreachable
-    with pytest.raises(ValueError, match="per-set entries"):
-        path.hop_distances_many(sets, removed_edges=removed[:2])
+    cut = (np.array([0]), np.array([1]))  # one edge change for every set
+    changed = path.hop_distances_many(sets, 5, removed_edges=cut)
+    for s, d in zip(sets, changed, strict=True):
+        np.testing.assert_array_equal(d, path.hop_distances(s, 5, removed_edges=cut))
+    assert changed[1][0, 1] == 6  # u0 - i3 with u0 - i1 cut: unreachable
 
 
 def reference_distances(ui: np.ndarray | sp.spmatrix, nodes: np.ndarray, max_hops: int) -> np.ndarray:
@@ -364,7 +364,7 @@ def test_save_load_round_trip(tmp_path, path):
     back = BipartiteGraph.load(folder)
     assert (back.ui != path.ui).nnz == 0
     nodes = np.array(PATH_ORDER)
-    np.testing.assert_array_equal(back.hop_distances(nodes), path.hop_distances(nodes))
+    np.testing.assert_array_equal(back.hop_distances(nodes, 5), path.hop_distances(nodes, 5))
     assert back.neighbourhood(1, **WIDE) == path.neighbourhood(1, **WIDE)
 
 
@@ -406,7 +406,7 @@ def test_amazon_office_against_scipy_bfs():
             np.concatenate([[u], g.item_node(nb.items[:10]), nb.co_users, g.item_node(nb.two_hop_items)])
         )
     sets.append(rng.integers(0, g.n_nodes, size=25))  # random nodes: long and unreachable distances too
-    for s, d in zip(sets, g.hop_distances_many(sets), strict=True):
+    for s, d in zip(sets, g.hop_distances_many(sets, 5), strict=True):
         np.testing.assert_array_equal(d, reference_distances(ui, s, 5))
     # live edges: a user's held-out valid items added, some train edges removed
     u = int(rng.integers(0, g.n_users))
@@ -432,7 +432,7 @@ def test_small_cache_evicts_and_stays_correct():
     g.hops.cooc_cache_bytes = 3 * 8 * g.hops.n_words
     sets = [rng.choice(70, size=15) for _ in range(24)]
     with ThreadPoolExecutor(4) as pool:  # the service queries one graph from several threads
-        results = list(pool.map(g.hop_distances, sets))
+        results = list(pool.map(lambda s: g.hop_distances(s, 5), sets))
     assert g.hops._cache().owner.size == 3
     for s, d in zip(sets, results, strict=True):
         np.testing.assert_array_equal(d, reference_distances(ui, s, 5))
