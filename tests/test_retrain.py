@@ -205,9 +205,9 @@ def test_retrain_killed_at_read_train_publish_loses_nothing_and_counts_nothing_t
 def test_retrain_gate_refuses_a_worse_candidate(env):
     store = ModelStore(env["root"])
     served = store.current()
-    write(env["url"], env["prefix"], new_traffic(env["tiny"], 16))
-    # a candidate wrecked on purpose: a learning rate far beyond the recipe's
-    res = run(env, train_overrides={"lr": 0.5})
+    write(env["url"], env["prefix"], new_traffic(env["tiny"], 30))
+    # a candidate wrecked on purpose: weight decay that zeroes its weights in one step, no prior to hide it
+    res = run(env, train_overrides={"lr": 0.01, "weight_decay": 100.0, "prior_grid": [0.0]})
     gate = res.gate
     assert gate["holdout"] > 0 and gate["served"]["recall@20"] > 0
     assert not gate["passed"] and res.status == "published" and "NOT promoted" in res.message
