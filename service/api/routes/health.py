@@ -33,7 +33,8 @@ async def readyz(state: StateDep, response: Response) -> ReadyResponse:
             ready=False,
             model_version=None,
             cache="ok" if cache_ok else "unavailable",
-            detail=state.holder.last_error or "no model loaded",
+            detail=state.holder.last_error
+            or f"no model loaded: no version is promoted in the model store ({state.settings.store_root})",
         )
     # Ready, but say so when a newer load failed and this version kept serving, or a version is pinned.
     detail = state.holder.last_error
