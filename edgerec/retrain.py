@@ -39,6 +39,8 @@ from typing import Any
 
 import typer
 
+from model_store.cli import STORE_OPTION
+
 FAIL_ENV = "EDGEREC_RETRAIN_FAIL_AT"
 FAIL_POINTS = ("read", "train", "publish")
 CHECKPOINT_FILE = "checkpoint.json"
@@ -404,12 +406,7 @@ def _learn(store, base, state, keys, read, ck, dataset, epochs, tolerance, promo
 
 # ------------------------------------------------------------------------------------------ CLI
 def retrain_cmd(
-    store: Path | None = typer.Option(
-        None,
-        "--store",
-        help="Model store (default: $EDGEREC_MODEL_STORE or ./.edgerec/models).",
-        show_default=False,
-    ),
+    store: Path | None = STORE_OPTION,
     redis_url: str | None = typer.Option(
         None, "--redis-url", envvar="EDGEREC_REDIS_URL", help="The service's Redis (redis://host:6379/0)."
     ),

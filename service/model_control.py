@@ -23,7 +23,7 @@ from service.warmer import start_warming
 
 log = logging.getLogger("edgerec.models")
 
-_UNPIN = object()
+UNPIN = object()  # load_current(state, UNPIN): clear a run-time pin
 
 
 @dataclass
@@ -52,7 +52,7 @@ async def load_current(state: AppState, version: str | None | object = None) -> 
     ``version``: None follows the pin or ``CURRENT``; a version id/alias loads and pins it; ``UNPIN``
     clears a pin set at run time (back to the configured one, else ``CURRENT``). Raises LoadFailed."""
     holder, settings, metrics = state.holder, state.settings, state.metrics
-    if version is _UNPIN:
+    if version is UNPIN:
         holder.pinned = settings.model_version
         ref = holder.pinned or "current"
     elif version is not None:
@@ -72,7 +72,7 @@ async def load_current(state: AppState, version: str | None | object = None) -> 
         metrics.load_failing.set(1)
         log.warning("model load failed", extra={"error": str(failure), "served": holder.version})
         raise failure from exc
-    if version is not None and version is not _UNPIN:
+    if version is not None and version is not UNPIN:
         holder.pinned = new
     holder.last_error = None
     metrics.load_failing.set(0)
@@ -85,9 +85,6 @@ async def load_current(state: AppState, version: str | None | object = None) -> 
     else:
         metrics.reloads.labels("unchanged").inc()
     return SwapResult(old, new, holder.pinned)
-
-
-UNPIN = _UNPIN
 
 
 def _freeze_heap() -> None:

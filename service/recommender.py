@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -86,12 +87,13 @@ class History:
     live: np.ndarray  # acknowledged since (Redis), known to this version
     recent: np.ndarray  # given with this request (``recent_items``)
 
-    @property
+    # Computed once per request (cached_property writes the instance dict, which a frozen dataclass allows).
+    @cached_property
     def stored(self) -> np.ndarray:
         """Train + live: what the cache entry describes."""
         return dedup_keep_last(np.concatenate([self.train, self.live]))
 
-    @property
+    @cached_property
     def all(self) -> np.ndarray:
         """Stored + recent: what the prompt lists and the answer excludes."""
         return dedup_keep_last(np.concatenate([self.stored, self.recent]))

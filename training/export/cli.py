@@ -14,6 +14,8 @@ from pathlib import Path
 
 import typer
 
+from model_store.cli import STORE_OPTION
+
 EXIT_FAILED = 2
 
 
@@ -25,12 +27,7 @@ class IndexKind(StrEnum):
 
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="Finished training run folder (holds model.safetensors)."),
-    store: Path | None = typer.Option(
-        None,
-        "--store",
-        help="Model store (default: $EDGEREC_MODEL_STORE or ./.edgerec/models).",
-        show_default=False,
-    ),
+    store: Path | None = STORE_OPTION,
     publish: bool = typer.Option(True, "--publish/--no-publish", help="Publish the version into the store."),
     promote: bool = typer.Option(False, "--promote", help="Make the published version the served one."),
     index: IndexKind = typer.Option(IndexKind.exact, "--index", help="FAISS index over the item embeddings."),

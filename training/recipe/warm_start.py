@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from graphprompt.prompts import PromptConfig
 from inference.encoders import MODEL_CONFIG_FILE, TORCH_WEIGHTS_FILE
 from inference.version import EXPORT_INFO_FILE
 
@@ -43,7 +44,9 @@ def base_train_config(version_dir: str | Path, recorded: dict[str, Any] | None =
     if info.get("run_dir") and run_cfg.is_file():
         return json.loads(run_cfg.read_text())
     mcfg = json.loads((folder / MODEL_CONFIG_FILE).read_text())
-    pcfg = json.loads((folder / "prompt_config.json").read_text())
+    # PromptConfig.load fills fields a file written before they existed lacks with the values that model
+    # was trained with (not today's defaults), so the fine-tune builds the prompts the version serves.
+    pcfg = PromptConfig.load(folder / "prompt_config.json").to_dict()
     bias = pcfg.pop("bias", {}) or {}
     pcfg.pop("tokenizer", None)
     return {
