@@ -70,12 +70,12 @@ class TrainConfig:
     pretrain_lr: float = 1e-3
     pretrain_dropout: float = 0.1
     pretrain_batch: int = 64
-    reg_lambda: float = 1.0  # mutual regulariser weight (sum over dims, mean over id-token positions)
+    reg_lambda: float = 1.0  # mutual regulariser weight (summed over id-token positions and dims)
     neighbour_prompts: bool = True
     group_prompts: bool = True
     # fine-tuning
     epochs: int = 40
-    lr: float = 1e-4  # office sweep: 1e-4 beat 3e-4 and 1e-3 (docs/model.md)
+    lr: float = 1e-4  # office sweep: 1e-4 beat 3e-4 and 1e-3 (docs/history.md)
     dropout: float = 0.5
     batch_size: int = 64
     target_frac: float = 0.5
@@ -508,7 +508,7 @@ def _broadcast(obj: dict, d: loop.Dist) -> dict:
 
 
 def test(run: Run) -> dict:
-    """Reload the selected weights, score the test split (train + valid masked), write model +
+    """Reload the selected weights, score the test split (train items masked), write model +
     metrics.json."""
     cfg, m, d = run.cfg, run.model, run.dist
     best = run.dir / "finetune" / "best.safetensors"
