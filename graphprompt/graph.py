@@ -180,12 +180,19 @@ class BipartiteGraph:
             cand, c = reach.indices.astype(np.int64), reach.data
             keep = ~np.isin(cand, hist) & (c > 0)
             cand, c = cand[keep], c[keep]
-            if item_norm:
-                c = c / np.power(np.maximum(self.item_degree()[cand], 1), item_norm).astype(np.float32)
-            two, two_w = _top_k(cand, c, n_items)
+            two, two_w = _top_k(cand, self.two_hop_weight(cand, c, item_norm), n_items)
         else:
             two, two_w = np.zeros(0, np.int64), np.zeros(0, np.float32)
         return Neighbourhood(hist, co_users, co_w, two, two_w, user=None if u is None else int(u))
+
+    def two_hop_weight(self, items: np.ndarray, counts: np.ndarray, item_norm: float) -> np.ndarray:
+        """The two-hop ranking weight of ``items``: their co-occurrence ``counts`` with a history divided by
+        ``degree ** item_norm`` (float32; raw counts when ``item_norm`` is 0). Sums over history items: an
+        item's weight is the sum of its per-history-item weights (service.explain reports those)."""
+        counts = np.asarray(counts, dtype=np.float32)
+        if not item_norm:
+            return counts
+        return counts / np.power(np.maximum(self.item_degree()[items], 1), item_norm).astype(np.float32)
 
     def _check_items(self, items: np.ndarray) -> np.ndarray:
         a = np.asarray(items)

@@ -57,6 +57,8 @@ class Recommendation:
     scores: np.ndarray  # float32
     reasons: list[str] = field(default_factory=list)
     known_user: bool = False
+    history: np.ndarray = field(default_factory=lambda: _EMPTY)  # train + live + recent, oldest first
+    co_users: np.ndarray = field(default_factory=lambda: _EMPTY)  # the prompt's second-order users
 
     @property
     def fallback(self) -> str | None:
@@ -106,6 +108,10 @@ def dedup_keep_last(x: np.ndarray) -> np.ndarray:
     rev = x[::-1]
     _, first = np.unique(rev, return_index=True)
     return rev[np.sort(first)][::-1].astype(np.int64)
+
+
+def _co_users(entry: Entry) -> np.ndarray:
+    return entry.nbr.co_users if entry.nbr is not None else _EMPTY
 
 
 def popular_top(model: ServingModel, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,19 +198,29 @@ class Recommender:
         seen = history if exclude_seen else _EMPTY
         exclude = np.union1d(seen, extra_excl).astype(np.int64)
 
+        co_users = _EMPTY
         if history.size == 0:
             reasons.append(POPULARITY)
             ids, scores = popular_top(model, k, exclude)
         else:
             if u is None:
                 reasons.append(COLD_START)
-            ids, scores = await self._personal(model, user_id, u, lookup, hist, k, exclude)
+            ids, scores, co_users = await self._personal(model, user_id, u, lookup, hist, k, exclude)
 
         if record:
             for r in reasons:
                 self.metrics.fallbacks.labels(r).inc()
             self.metrics.recommendations.inc()
-        return Recommendation(user_id, model.version, ids, scores, reasons, known_user=u is not None)
+        return Recommendation(
+            user_id,
+            model.version,
+            ids,
+            scores,
+            reasons,
+            known_user=u is not None,
+            history=history,
+            co_users=co_users,
+        )
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -222,8 +238,9 @@ class Recommender:
         hist: History,
         k: int,
         exclude: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Prompt → encoder → search, reusing the cache entry where the request allows it."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Prompt → encoder → search, reusing the cache entry where the request allows it; also returns the
+        prompt's second-order users (for explanations)."""
         train, live, recent = hist.train, hist.live, hist.recent
         stored, history = hist.stored, hist.all
         entry = Entry()
@@ -245,7 +262,7 @@ class Recommender:
             self.metrics.encoder_skipped.inc()
             job = _Job(None, vec, entry.boost if model.encoder.has_candidates else None, k, exclude, history)
             ids, scores, _, _ = await model.batcher.submit(job)
-            return ids, scores
+            return ids, scores, _co_users(entry)
 
         new_edges = np.setdiff1d(np.concatenate([live, recent]), train) if u is not None else _EMPTY
         edges = (np.full(new_edges.size, u, dtype=np.int64), new_edges) if new_edges.size else None
@@ -256,7 +273,7 @@ class Recommender:
         if fresh and reuse:
             packed = entry.pack(lookup.fingerprint)
             self._spawn(self.cache.store_entry(model.version, user_id, packed))
-        return ids, scores
+        return ids, scores, _co_users(entry)
 
     def _prompt(
         self,

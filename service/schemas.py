@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+    model_validator,
+)
 
 from service.cache import USER_ID_RE
 
@@ -51,6 +60,13 @@ class RecommendOptions(_Strict):
         description="Session context, oldest first: extends a known user's history and is the cold-start "
         "prompt of an unknown one. Unknown ids are a 422.",
     )
+    explain: bool = Field(
+        False,
+        description="Give each returned item up to 3 `reasons` from the graph its prompt was built on (the "
+        "model version's train graph and the user's train, live and recent items): history items that "
+        "co-occur with it, the share of similar users who chose it, or, for a new catalogue item, the known "
+        "item its text is nearest to. Off: items carry no `reasons` key.",
+    )
 
 
 class BatchEntry(RecommendOptions):
@@ -61,10 +77,59 @@ class BatchRecommendRequest(_Strict):
     requests: list[BatchEntry] = Field(..., min_length=1, max_length=MAX_BATCH_USERS)
 
 
+class CoOccurrenceReason(BaseModel):
+    """One of the user's own items that other users chose together with the recommended item."""
+
+    kind: Literal["co_occurrence"] = "co_occurrence"
+    item_id: str = Field(description="The user's item (train, live or recent history).")
+    title: str | None = None
+    count: int = Field(description="Train users (other than this user) who chose both items.")
+    strength: float = Field(
+        description="count / degree(recommended item) ** two_hop_norm (the version's prompt setting, 0.5 by "
+        "default): this history item's part of the recommended item's two-hop weight, which ranks the "
+        "prompt's candidates and sets the candidate prior's strength. Comparable across items and users."
+    )
+
+
+class CoUsersReason(BaseModel):
+    """Users who share the most items with this user (the prompt's second-order users) chose it."""
+
+    kind: Literal["co_users"] = "co_users"
+    share: float = Field(description="count / co_users, in (0, 1].")
+    count: int = Field(description="Second-order users whose train items include the recommended item.")
+    co_users: int = Field(description="Second-order users in the user's prompt.")
+
+
+class SimilarTextReason(BaseModel):
+    """A new catalogue item (no interactions yet) recommended through its text."""
+
+    kind: Literal["similar_text"] = "similar_text"
+    item_id: str = Field(description="The known item whose vector is nearest to the new item's text vector.")
+    title: str | None = None
+    similarity: float = Field(description="Cosine similarity of the two item vectors, in [-1, 1].")
+
+
+Reason = Annotated[CoOccurrenceReason | CoUsersReason | SimilarTextReason, Field(discriminator="kind")]
+
+
 class RecommendedItem(BaseModel):
     id: str
     score: float
     title: str | None = None
+    reasons: list[Reason] | None = Field(
+        None,
+        description="Only with `explain: true`: at most 3, co-occurrences first (strongest first), then the "
+        "co-users share; empty when the graph holds no reason (e.g. a popularity answer).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_reasons_unless_asked(self, handler: SerializerFunctionWrapHandler):
+        # Without `explain` an item has no `reasons` key at all (the answer is what it was before the field).
+        # No return annotation: with one, the OpenAPI output schema would be that type, not these fields.
+        out = handler(self)
+        if self.reasons is None:
+            out.pop("reasons", None)
+        return out
 
 
 class RecommendResponse(BaseModel):

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Response
 
 from service.api.common import ERRORS, UserPath, json_response, unknown_items
 from service.api.deps import ApiKey, ModelDep, RecommenderDep
+from service.explain import explain
 from service.logging import request_id_var
 from service.recommender import Recommendation, UnknownItemsError
 from service.schemas import (
@@ -23,13 +24,35 @@ from service.serving import ServingModel
 router = APIRouter(tags=["recommend"], dependencies=[ApiKey])
 
 
-def to_response(model: ServingModel, rec: Recommendation) -> dict[str, Any]:
+def _reasons(model: ServingModel, rec: Recommendation, idx: np.ndarray) -> list[list[dict[str, Any]]]:
+    """Each item's reasons (service.explain) with the items they name as id and title."""
+    per_item = explain(
+        model.graph,
+        idx,
+        rec.history,
+        rec.co_users,
+        user=model.user_index.get(rec.user_id),
+        item_norm=model.builder.cfg.two_hop_norm,
+    )
+    for reasons in per_item:
+        for r in reasons:
+            if "item" in r:
+                i = r.pop("item")
+                r["item_id"], r["title"] = model.item_ids[i], model.items[i].get("title")
+    return per_item
+
+
+def to_response(model: ServingModel, rec: Recommendation, explain_items: bool = False) -> dict[str, Any]:
     """The RecommendResponse of ``rec`` as plain data (serialised with orjson by json_response)."""
     finite = np.isfinite(rec.scores)
+    idx = rec.item_idx[finite]
     items = [
         {"id": model.item_ids[i], "score": s, "title": model.items[i].get("title")}
-        for i, s in zip(rec.item_idx[finite].tolist(), rec.scores[finite].tolist(), strict=True)
+        for i, s in zip(idx.tolist(), rec.scores[finite].tolist(), strict=True)
     ]
+    if explain_items:
+        for item, reasons in zip(items, _reasons(model, rec, idx), strict=True):
+            item["reasons"] = reasons
     return {
         "user_id": rec.user_id,
         "items": items,
@@ -57,7 +80,7 @@ async def recommend(
         )
     except UnknownItemsError as exc:
         raise unknown_items(exc) from None
-    return json_response(to_response(model, result))
+    return json_response(to_response(model, result, opts.explain))
 
 
 @router.post("/recommend", response_model=BatchRecommendResponse, responses=ERRORS)
@@ -84,7 +107,9 @@ async def recommend_batch(body: BatchRecommendRequest, model: ModelDep, rec: Rec
     )
     return json_response(
         {
-            "results": [to_response(model, r) for r in results],
+            "results": [
+                to_response(model, r, e.explain) for r, e in zip(results, body.requests, strict=True)
+            ],
             "model_version": model.version,
             "request_id": request_id_var.get(),
         }
