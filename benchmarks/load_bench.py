@@ -13,7 +13,9 @@
    traffic gives) or uniformly (``--draw uniform``: the worst case for the cache). Variants: "service" (every
    default), "service_no_vector_cache" (``EDGEREC_CACHE_USER_VECTORS=false``: every request runs the
    encoder, so the figures do not rest on the user-vector cache) and, with ``--warm-variant``,
-   "service_warmed" (``EDGEREC_WARM_CACHE=true``, measured once every user is warmed). Each run reports the
+   "service_warmed" (``EDGEREC_WARM_CACHE=true``, measured once every user is warmed) and, with ``--explain``,
+   "service_explain" (every request asks ``"explain": true``; run right after "service" on the same users, so
+   ``explain_cost`` is the cost of explanations in one run). Each run reports the
    service's own cache hit ratio, encoder-skipped ratio, batch size and stage times, and the load average.
 3. naive path: the same load against a plain FastAPI endpoint that runs the PyTorch model per request, scores
    every item and sorts them all (no cache, no batching, no ONNX, no FAISS).
@@ -46,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 WRK_LUA = r"""
 local users = {}
 for line in io.lines("%(users)s") do users[#users + 1] = line end
-local body = '{"k": 10}'
+local body = '%(body)s'
 local headers = {["Content-Type"] = "application/json"}
 math.randomseed(%(seed)d)
 request = function()
@@ -186,9 +188,11 @@ def draw_users(vdir: Path, users: list[str], how: str, n: int = 200_000) -> list
     return [users[i] for i in idx.tolist()]
 
 
-def run_wrk(base: str, users_file: Path, concurrency: int, seconds: int, seed: int) -> dict:
+def run_wrk(
+    base: str, users_file: Path, concurrency: int, seconds: int, seed: int, body: str = '{"k": 10}'
+) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_LUA % {"users": users_file, "seed": seed})
+        f.write(WRK_LUA % {"users": users_file, "seed": seed, "body": body})
         lua = f.name
     cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", lua, base]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -294,6 +298,12 @@ def main() -> None:
         help="no EDGEREC_CACHE_USER_VECTORS=false run",
     )
     ap.add_argument("--workers", type=int, default=1, help="uvicorn workers of the service")
+    ap.add_argument(
+        "--explain",
+        action="store_true",
+        help='run the service leg again with {"k": 10, "explain": true} right after the plain one '
+        "(service_explain rows: the cost of explanations, measured in the same run)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_bench.json")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -348,12 +358,16 @@ def main() -> None:
             EDGEREC_MODEL_POLL_S="0",
             PYTHONPATH=str(ROOT),
         )
-        variants = [] if args.only_naive else [("service", {}, args.warmup)]
+        # (label, extra environment, warm-up seconds, request body)
+        variants = [] if args.only_naive else [("service", {}, args.warmup, PLAIN)]
+        if args.explain and not args.only_naive:
+            variants.append(("service_explain", {}, args.warmup, EXPLAIN))
         if not (args.only_naive or args.skip_no_vector_cache):
-            variants.append(("service_no_vector_cache", {"EDGEREC_CACHE_USER_VECTORS": "false"}, args.warmup))
+            no_vectors = {"EDGEREC_CACHE_USER_VECTORS": "false"}
+            variants.append(("service_no_vector_cache", no_vectors, args.warmup, PLAIN))
         if args.warm_variant and not args.only_naive:
-            variants.append(("service_warmed", {"EDGEREC_WARM_CACHE": "true"}, 0))
-        for label, extra_env, warmup in variants:
+            variants.append(("service_warmed", {"EDGEREC_WARM_CACHE": "true"}, 0, PLAIN))
+        for label, extra_env, warmup, body in variants:
             port = free_port()
             env.update(extra_env, EDGEREC_REDIS_PREFIX=f"loadbench{port}")  # a fresh, empty cache
             cmd = uvicorn_cmd("service.main:create_app", port, ["--workers", str(args.workers)])
@@ -369,11 +383,11 @@ def main() -> None:
                 print(f"  cache warmed in {result['warm_seconds']} s", flush=True)
             if warmup:
                 # Unmeasured: fills the cache as earlier traffic would have (each run reports its hit ratio).
-                run_wrk(base, users_file, args.concurrency[0], warmup, seed=1)
+                run_wrk(base, users_file, args.concurrency[0], warmup, seed=1, body=body)
             result[label] = []
             for c in args.concurrency:
                 before, load0 = scrape(base), os.getloadavg()[0]
-                r = run_wrk(base, users_file, c, args.duration, seed=c)
+                r = run_wrk(base, users_file, c, args.duration, seed=c, body=body)
                 r.update(delta_stats(before, scrape(base)), loadavg_1m=[load0, os.getloadavg()[0]])
                 result[label].append(r)
                 print(f"  {label} c={c}: {r}", flush=True)
@@ -402,6 +416,8 @@ def main() -> None:
             stop_process(p)
         shutil.rmtree(work, ignore_errors=True)
 
+    if "service_explain" in result:
+        result["explain_cost"] = explain_cost(result)
     print_summary(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -415,7 +431,8 @@ def _row(path: str, clients: str, r: dict, errors: str) -> str:
     )
 
 
-SERVICE_RUNS = ("service", "service_no_vector_cache", "service_warmed")
+SERVICE_RUNS = ("service", "service_explain", "service_no_vector_cache", "service_warmed")
+PLAIN, EXPLAIN = '{"k": 10}', '{"k": 10, "explain": true}'
 
 
 def print_summary(r: dict) -> None:
@@ -439,6 +456,26 @@ def print_summary(r: dict) -> None:
             if floor:
                 msg += f", p50 {row['p50_ms'] / floor['p50_ms']:.2f}x the floor's batch-{c} latency"
             print(msg)
+    for row in r.get("explain_cost", []):
+        print(
+            f"explain c={row['concurrency']}: p50 {row['p50_change_pct']:+.1f} %, p99 "
+            f"{row['p99_change_pct']:+.1f} %, throughput {row['rps_change_pct']:+.1f} % (service_explain "
+            "against service, same run)"
+        )
+
+
+def explain_cost(r: dict) -> list[dict]:
+    """Per concurrency level, how much ``explain: true`` changed p50, p99 and throughput (percent)."""
+    plain = {row["concurrency"]: row for row in r.get("service", [])}
+    out = []
+    for row in r.get("service_explain", []):
+        base = plain.get(row["concurrency"])
+        if base:
+            pct = {k: round(100 * (row[k] / base[k] - 1), 1) for k in ("p50_ms", "p99_ms", "rps") if base[k]}
+            out.append(
+                {"concurrency": row["concurrency"], **{f"{k[:3]}_change_pct": v for k, v in pct.items()}}
+            )
+    return out
 
 
 if __name__ == "__main__":
