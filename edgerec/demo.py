@@ -151,6 +151,8 @@ def demo(
             http.post(f"/users/{user}/interactions", json={"items": [first]}).raise_for_status()
             after = http.post(f"/recommend/{user}", json={"k": 5}).json()
             _print_recs(console, Table, f"after {user} interacted with {first}", after)
+            why = http.post(f"/recommend/{user}", json={"k": 1, "explain": True}).json()
+            _print_reasons(console, why["items"][0])
             cold = http.post("/recommend/new-visitor-1", json={"k": 5, "recent_items": [first]}).json()
             _print_recs(console, Table, f"unknown user with recent_items=[{first}]", cold)
         console.print(
@@ -183,6 +185,23 @@ def _print_recs(console, table_cls, title: str, rec: dict) -> None:
     for n, it in enumerate(rec["items"], 1):
         table.add_row(str(n), it["id"], f"{it['score']:.3f}", (it.get("title") or "")[:60])
     console.print(table)
+
+
+def _print_reasons(console, item: dict) -> None:
+    """One recommendation's reasons (``explain: true``), one line each."""
+    console.print(f"[bold]why {item['id']}[/] ({(item.get('title') or '')[:50]}):")
+    for r in item["reasons"] or [{"kind": None}]:
+        if r["kind"] == "co_occurrence":
+            line = f"{r['count']} other users also chose {r['item_id']} ({(r['title'] or '')[:40]}), "
+            line += f"strength {r['strength']:.3f}"
+        elif r["kind"] == "co_users":
+            line = f"{r['count']} of the {r['co_users']} users most like this one chose it"
+        elif r["kind"] == "similar_text":
+            line = f"similar text to {r['item_id']} ({(r['title'] or '')[:40]}), "
+            line += f"similarity {r['similarity']:.2f}"
+        else:
+            line = "no reason in the graph (a ranking from the model's vectors alone)"
+        console.print(f"  - {line}")
 
 
 def register(app: typer.Typer) -> None:

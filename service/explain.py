@@ -39,46 +39,48 @@ def _row_entries(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> t
     return owner, indices[pos].astype(np.int64)
 
 
+def _members(sorted_ids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(whether each of ``x`` is in ``sorted_ids``, its position there where it is)."""
+    if sorted_ids.size == 0:
+        return np.zeros(x.size, dtype=bool), np.zeros(x.size, dtype=np.int64)
+    at = np.minimum(np.searchsorted(sorted_ids, x), sorted_ids.size - 1)
+    return sorted_ids[at] == x, at
+
+
 def co_occurrence(
     graph: BipartiteGraph, history: np.ndarray, items: np.ndarray, user: int | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (history position, item position, count) with count > 0: how many train users other than
-    ``user`` chose both ``history[h]`` and ``items[c]``. Both arrays hold known item indices, each unique."""
+    """``[len(history), len(items)]`` counts: train users other than ``user`` who chose both
+    ``history[h]`` and ``items[c]``; then, per item, its users (sorted, unique) and which of them chose it.
+
+    Only users who chose one of ``items`` can count, so both sides become 0/1 matrices over those users
+    alone and one small matrix product gives every count."""
     iu = graph.iu
-    h_own, h_users = _row_entries(iu.indptr, iu.indices, history)
-    if user is not None:
-        keep = h_users != user
-        h_own, h_users = h_own[keep], h_users[keep]
     c_own, c_users = _row_entries(iu.indptr, iu.indices, items)
-    order = np.argsort(c_users, kind="stable")
-    c_own, c_users = c_own[order], c_users[order]
-    # Join on the user: each history entry meets the item entries of its user (a run of the sorted array).
-    lo = np.searchsorted(c_users, h_users, side="left")
-    n = np.searchsorted(c_users, h_users, side="right") - lo
-    total = int(n.sum())
-    h_pos = np.repeat(h_own, n)
-    c_pos = c_own[np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(total, dtype=np.int64)]
-    pairs, count = np.unique(h_pos * items.size + c_pos, return_counts=True)
-    return pairs // items.size, pairs % items.size, count
+    h_own, h_users = _row_entries(iu.indptr, iu.indices, history)
+    users, col = np.unique(c_users, return_inverse=True)
+    hit, at = _members(users, h_users)
+    if user is not None:
+        hit &= h_users != user  # the user's own train row never counts, as in the prompt's neighbourhood
+    chose_item = np.zeros((users.size, items.size), dtype=np.float32)
+    chose_item[col, c_own] = 1.0
+    chose_hist = np.zeros((history.size, users.size), dtype=np.float32)
+    chose_hist[h_own[hit], at[hit]] = 1.0
+    # float32 sums of 0/1 are exact up to 2**24 users
+    return (chose_hist @ chose_item).astype(np.int64), users, chose_item
 
 
-def co_user_counts(graph: BipartiteGraph, co_users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Per item, how many of ``co_users`` have it among their train items (``items`` unique, known)."""
-    _, chosen = _row_entries(graph.ui.indptr, graph.ui.indices, co_users)
-    sorter = np.argsort(items)
-    at = np.minimum(np.searchsorted(items, chosen, sorter=sorter), items.size - 1)
-    hit = items[sorter[at]] == chosen
-    return np.bincount(sorter[at[hit]], minlength=items.size)
-
-
-def _strongest(h_pos: np.ndarray, c_pos: np.ndarray, count: np.ndarray, limit: np.ndarray) -> np.ndarray:
-    """Indices of the pairs to report: per item, its ``limit[item]`` largest counts (a newer history item
-    first on ties), ordered by item, then strongest first."""
-    order = np.lexsort((-h_pos, -count, c_pos))
-    c = c_pos[order]
-    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-    rank = np.arange(c.size) - np.repeat(starts, np.diff(np.r_[starts, c.size]))
-    return order[rank < limit[c]]
+def _strongest(counts: np.ndarray, limit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(item position, history position) of the pairs to report: per item its ``limit[item]`` largest
+    counts above 0 (a newer history item first on ties: the history is oldest first), by item, then strongest
+    first."""
+    n_hist = counts.shape[0]
+    key = counts * n_hist + np.arange(n_hist)[:, None]
+    top = np.argsort(-key, axis=0)[: int(limit.max(initial=0))]
+    best = np.take_along_axis(counts, top, axis=0)
+    keep = (best > 0) & (np.arange(top.shape[0])[:, None] < limit[None, :])
+    c_pos, rank = np.nonzero(keep.T)
+    return c_pos, top[rank, c_pos]
 
 
 def graph_reasons(
@@ -99,19 +101,22 @@ def graph_reasons(
     if known.size == 0 or history.size == 0 or limit <= 0:
         return out
     cand = items[known]
-    chose = co_user_counts(graph, co_users, cand) if co_users.size else np.zeros(cand.size, np.int64)
-    h_pos, c_pos, count = co_occurrence(graph, history, cand, user)
-    pick = _strongest(h_pos, c_pos, count, limit - (chose > 0))
-    h_pos, c_pos, count = h_pos[pick], c_pos[pick], count[pick]
-    strength = graph.two_hop_weight(cand[c_pos], count, item_norm)
-    for c, h, n, s in zip(
-        c_pos.tolist(), history[h_pos].tolist(), count.tolist(), strength.tolist(), strict=True
+    counts, users, chose_item = co_occurrence(graph, history, cand, user)
+    # co-users who chose each item: the item's users among the prompt's second-order users
+    is_co, _ = _members(np.sort(co_users), users)
+    chose = is_co.astype(np.float32) @ chose_item
+    c_pos, h_pos = _strongest(counts, limit - (chose > 0))
+    n = counts[h_pos, c_pos]
+    strength = graph.two_hop_weight(cand[c_pos], n, item_norm)
+    for c, h, k, s in zip(
+        c_pos.tolist(), history[h_pos].tolist(), n.tolist(), strength.tolist(), strict=True
     ):
-        out[known[c]].append({"kind": "co_occurrence", "item": h, "count": n, "strength": s})
+        out[known[c]].append({"kind": "co_occurrence", "item": h, "count": k, "strength": s})
     for c in np.flatnonzero(chose).tolist():
-        n = int(chose[c])
-        share = n / co_users.size
-        out[known[c]].append({"kind": "co_users", "share": share, "count": n, "co_users": int(co_users.size)})
+        k = int(chose[c])
+        out[known[c]].append(
+            {"kind": "co_users", "share": k / co_users.size, "count": k, "co_users": int(co_users.size)}
+        )
     return out
 
 
