@@ -67,7 +67,9 @@ def co_occurrence(
     chose_hist = np.zeros((history.size, users.size), dtype=np.float32)
     chose_hist[h_own[hit], at[hit]] = 1.0
     # float32 sums of 0/1 are exact up to 2**24 users
-    return (chose_hist @ chose_item).astype(np.int64), users, chose_item
+    counts = (chose_hist @ chose_item).astype(np.int64)
+    counts[history[:, None] == items[None, :]] = 0  # with exclude_seen off an item is no reason for itself
+    return counts, users, chose_item
 
 
 def _strongest(counts: np.ndarray, limit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -77,6 +77,14 @@ def test_explain_names_only_history_items_and_skips_unknown_ones():
     assert named <= {5, 1, 9}
 
 
+def test_explain_a_seen_item_is_no_reason_for_itself():
+    graph, _, _ = random_graph(5, p=0.3)
+    history = np.array([1, 2, 3])
+    out = graph_reasons(graph, history, history, np.zeros(0, np.int64), user=None, item_norm=0.5)
+    for item, reasons in zip(history.tolist(), out, strict=True):
+        assert reasons and all(r["item"] != item for r in reasons)
+
+
 def test_explain_nothing_to_say():
     graph, _, _ = random_graph(3)
     empty = np.zeros(0, np.int64)
