@@ -29,6 +29,7 @@ from inference.encoders import (
     Encoder,
     open_encoder,
 )
+from inference.neighbourhoods import NBR_FILE, NBR_META, StoredNeighbourhoods, open_neighbourhoods
 from inference.ranker import Boost, Ranker, candidate_boosts
 from model_store.index import INDEX_FILE, INDEX_META, load_index
 
@@ -50,7 +51,11 @@ VERSION_FILES = (
     "prompt_config.json",
     "metrics.json",
     EXPORT_INFO_FILE,
+    NBR_FILE,
+    NBR_META,
 )
+# Versions exported before these existed open without them (inference/neighbourhoods.py).
+OPTIONAL_FILES = (NBR_FILE, NBR_META)
 ENCODE_CHUNK = 64  # prompts per encoder call when the caller does not say (length-sorted, see encode)
 
 
@@ -77,6 +82,8 @@ class InferenceVersion:
     item_ids: list[str]
     items: list[dict[str, Any]]
     popularity: np.ndarray  # float32 [I] train interaction counts
+    # every train user's neighbourhood and hop distances, memory-mapped (None: an older version)
+    neighbourhoods: StoredNeighbourhoods | None = None
 
     @property
     def graph(self) -> BipartiteGraph:
@@ -169,7 +176,8 @@ def open_version(
     folder = Path(folder)
     choice = choice or EncoderChoice()
     missing = [name for name in VERSION_FILES if not (folder / name).exists()]
-    missing = [n for n in missing if n not in (ONNX_FILE, TORCH_WEIGHTS_FILE, MODEL_CONFIG_FILE)]
+    optional = (ONNX_FILE, TORCH_WEIGHTS_FILE, MODEL_CONFIG_FILE, *OPTIONAL_FILES)
+    missing = [n for n in missing if n not in optional]
     if missing:
         raise FileNotFoundError(f"{folder} is not a model version: missing {', '.join(missing)}")
     builder = load_builder(folder)
@@ -193,6 +201,7 @@ def open_version(
         item_ids=[str(i) for i in _read_json(folder, "item_ids.json")],
         items=_read_json(folder, "items.json"),
         popularity=np.asarray(np.load(folder / "popularity.npy", allow_pickle=False), dtype=np.float32),
+        neighbourhoods=open_neighbourhoods(folder, builder),
     )
     _check_consistent(version)
     return version

@@ -102,6 +102,31 @@ class Settings(BaseSettings):
         "replica per version; ~5-10 ms of CPU per user).",
     )
     warm_concurrency: int = Field(32, ge=1, le=1024, description="Users warmed concurrently.")
+    swap_warm_users: int = Field(
+        2000,
+        ge=0,
+        description="Before a newly loaded version takes traffic, warm the cache entries of up to this many "
+        "users this process served most recently (0: off), so a promotion shows no cold-cache cliff.",
+    )
+    swap_warm_s: float = Field(
+        10.0, ge=0, description="Longest time a swap waits for that warm-up (the old version keeps serving)."
+    )
+    swap_warm_window_s: float = Field(
+        300.0, gt=0, description="Only users seen within this many seconds are warmed before a swap."
+    )
+    prompt_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Threads that build prompts needing graph work (users with live or session items, cold "
+        "starts), off the event loop.",
+    )
+    prompt_queue: int = Field(
+        64,
+        ge=0,
+        description="Prompt jobs that may wait for those threads; past it a request is answered 503 with "
+        "Retry-After (overload shedding).",
+    )
     batch_max_size: int = Field(32, ge=1, le=1024, description="Most requests encoded in one micro-batch.")
     batch_max_wait_ms: float = Field(
         1.0, ge=0, description="Longest wait for more requests after the first one of a micro-batch."

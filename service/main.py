@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.errors import http_error, validation_error
+from service.api.errors import error_response, http_error, validation_error
 from service.api.routes import admin, health, interactions, items, metrics, model, recommend
 from service.cache import Cache
 from service.config import Settings
@@ -21,6 +21,7 @@ from service.logging import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.model_control import LoadFailed, load_current, poll_store
+from service.prompt_pool import PromptPoolFull
 from service.recommender import Recommender
 from service.redis_conn import open_redis
 from service.serving import ModelHolder
@@ -79,6 +80,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await state.warm_task
         if state.holder.current is not None:
             state.holder.current.retire()
+        state.recommender.close()
         await redis.close()
 
 
@@ -98,6 +100,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(r.router)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+
+    async def prompt_pool_full(request, exc: PromptPoolFull):  # overload shedding (service/prompt_pool.py)
+        return error_response(503, f"{exc}; retry later", {"Retry-After": str(settings.retry_after_s)})
+
+    app.add_exception_handler(PromptPoolFull, prompt_pool_full)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=app.state.metrics,

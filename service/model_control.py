@@ -61,7 +61,10 @@ async def load_current(state: AppState, version: str | None | object = None) -> 
         ref = holder.pinned or "current"
     holder.loading = None
     try:
-        old, new = await holder.swap_to(settings, ref, prepare=state.recommender.attach)
+        rec = state.recommender
+        old, new = await holder.swap_to(
+            settings, ref, prepare=rec.attach, before_swap=lambda model: rec.swap_warmup.warm(rec, model)
+        )
     except NoCurrentVersion as exc:  # nothing promoted yet: the normal state of a new deployment
         log.info("no model version promoted yet", extra={"store": str(settings.store_root)})
         raise LoadFailed(ref, holder.version, exc) from exc

@@ -29,7 +29,9 @@ from service.cache import Cache, Lookup, RedisUnavailable
 from service.cache_entry import Entry
 from service.config import Settings
 from service.metrics import Metrics
+from service.prompt_pool import PromptPool
 from service.serving import ServingModel, set_search_threads
+from service.swap_warmup import SwapWarmup
 
 log = logging.getLogger("edgerec.recommender")
 
@@ -129,6 +131,8 @@ class Recommender:
         self.metrics = metrics
         self.settings = settings
         self._pending: set[asyncio.Task] = set()  # fire-and-forget cache writes, kept alive until done
+        self.prompts = PromptPool(settings.prompt_workers, settings.prompt_queue, metrics.registry)
+        self.swap_warmup = SwapWarmup(settings, metrics.registry)  # remembers who to warm before a swap
 
     # -- model wiring ----------------------------------------------------------------------------------------
 
@@ -211,6 +215,7 @@ class Recommender:
             for r in reasons:
                 self.metrics.fallbacks.labels(r).inc()
             self.metrics.recommendations.inc()
+            self.swap_warmup.recent.touch(user_id)
         return Recommendation(
             user_id,
             model.version,
@@ -226,6 +231,13 @@ class Recommender:
         task = asyncio.get_running_loop().create_task(coro)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    async def drain_writes(self) -> None:
+        """Wait for the cache writes spawned so far (a warm-up's entries must land before its swap)."""
+        await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    def close(self) -> None:
+        self.prompts.close()
 
     # -- the batch function (worker thread) ------------------------------------------------------------------
 
@@ -266,14 +278,37 @@ class Recommender:
 
         new_edges = np.setdiff1d(np.concatenate([live, recent]), train) if u is not None else _EMPTY
         edges = (np.full(new_edges.size, u, dtype=np.int64), new_edges) if new_edges.size else None
-        prompt, fresh = self._prompt(model, u, history, entry, stored if stored.size else recent, edges)
+        from_version = self._from_version(model, u, hist, entry)
+        args = (model, u, history, entry, stored if stored.size else recent, edges)
+        if from_version or (entry.nbr is not None and entry.distances is not None):
+            prompt, fresh = self._prompt(*args)  # no graph search left: ~0.2 ms, not worth a thread hop
+        else:
+            prompt, fresh = await self.prompts.run(self._prompt, *args)  # PromptPoolFull: a 503
         ids, scores, vector, boost = await model.batcher.submit(_Job(prompt, None, None, k, exclude, history))
         if reuse_vector:
             entry.vector, entry.boost, fresh = vector, boost, True
         if fresh and reuse:
-            packed = entry.pack(lookup.fingerprint)
+            # the version holds this user's distances (the bulk of an entry): Redis need not hold them twice
+            kept = Entry(entry.nbr, None, entry.vector, entry.boost) if from_version else entry
+            packed = kept.pack(lookup.fingerprint)
             self._spawn(self.cache.store_entry(model.version, user_id, packed))
         return ids, scores, _co_users(entry)
+
+    @staticmethod
+    def _from_version(model: ServingModel, u: int | None, hist: History, entry: Entry) -> bool:
+        """Fill ``entry``'s neighbourhood and hop distances from the version's stored ones when this request's
+        history is the user's train history, the one they were computed for (exactly what ``_prompt`` would
+        compute); False when that does not apply."""
+        stored = model.neighbourhoods
+        if stored is None or u is None or not np.array_equal(hist.all, hist.train):
+            return False
+        found = stored.lookup(u, hist.train)
+        if found is None:
+            return False
+        nbr, distances = found
+        entry.nbr = nbr if model.builder.wants_neighbourhood else None
+        entry.distances = distances
+        return True
 
     def _prompt(
         self,

@@ -125,7 +125,9 @@ class ModelHolder:
     def version(self) -> str | None:
         return self.current.version if self.current is not None else None
 
-    async def swap_to(self, settings: Settings, ref: str, *, prepare=None) -> tuple[str | None, str]:
+    async def swap_to(
+        self, settings: Settings, ref: str, *, prepare=None, before_swap=None
+    ) -> tuple[str | None, str]:
         """Load ``ref`` (a version id or alias) fully, then swap. Returns (old version, new version).
 
         ``prepare(model)`` attaches request-path state (the batcher) before the model becomes visible.
@@ -139,6 +141,8 @@ class ModelHolder:
             new = await asyncio.to_thread(load_serving_model, settings, target)
             if prepare is not None:
                 prepare(new)
+            if before_swap is not None and old is not None:
+                await before_swap(new)  # e.g. warm the recent users' cache entries; the old version serves
             self.current = new  # the atomic swap: one reference assignment
             if old is not None:
                 old.retire()

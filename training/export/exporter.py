@@ -66,6 +66,7 @@ from inference.encoders import (
     OnnxEncoder,
 )
 from inference.version import EXPORT_INFO_FILE, open_version
+from training.export.neighbourhoods import write_neighbourhoods
 
 OPSET = 20  # see the module docstring: native Gelu
 ATOL = 1e-4
@@ -351,6 +352,7 @@ def export_run(
         shutil.copyfile(run / "tokenizer.json", tmp / "tokenizer.json")
         shutil.copyfile(run / "prompt_config.json", tmp / "prompt_config.json")
         _write_json(tmp / "metrics.json", run_metrics)
+        info["neighbourhoods"] = write_neighbourhoods(builder, tmp)  # the service's cache misses, precomputed
 
         if int8:
             quantize_int8(tmp / ONNX_FILE, tmp / ONNX_INT8_FILE)
