@@ -14,8 +14,9 @@
    default), "service_no_vector_cache" (``EDGEREC_CACHE_USER_VECTORS=false``: every request runs the
    encoder, so the figures do not rest on the user-vector cache) and, with ``--warm-variant``,
    "service_warmed" (``EDGEREC_WARM_CACHE=true``, measured once every user is warmed) and, with ``--explain``,
-   "service_explain" (every request asks ``"explain": true``; run right after "service" on the same users, so
-   ``explain_cost`` is the cost of explanations in one run). Each run reports the
+   "service_explain" (``"explain": true``; on the "service" process, alternating with its plain runs for
+   ``--explain-rounds`` pairs on the same users, so ``explain_cost`` is the cost of explanations with the
+   cache and the machine's other load alike for both). Each run reports the
    service's own cache hit ratio, encoder-skipped ratio, batch size and stage times, and the load average.
 3. naive path: the same load against a plain FastAPI endpoint that runs the PyTorch model per request, scores
    every item and sorts them all (no cache, no batching, no ONNX, no FAISS).
@@ -301,8 +302,14 @@ def main() -> None:
     ap.add_argument(
         "--explain",
         action="store_true",
-        help='run the service leg again with {"k": 10, "explain": true} right after the plain one '
-        "(service_explain rows: the cost of explanations, measured in the same run)",
+        help='also measure {"k": 10, "explain": true} on the same service process, alternating with the '
+        "plain requests (service_explain rows and explain_cost: the cost of explanations, same run)",
+    )
+    ap.add_argument(
+        "--explain-rounds",
+        type=int,
+        default=3,
+        help="with --explain: plain/explain pairs per concurrency level, --duration seconds each [3]",
     )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_bench.json")
     args = ap.parse_args()
@@ -358,16 +365,21 @@ def main() -> None:
             EDGEREC_MODEL_POLL_S="0",
             PYTHONPATH=str(ROOT),
         )
-        # (label, extra environment, warm-up seconds, request body)
-        variants = [] if args.only_naive else [("service", {}, args.warmup, PLAIN)]
-        if args.explain and not args.only_naive:
-            variants.append(("service_explain", {}, args.warmup, EXPLAIN))
+        # (label, extra environment, warm-up seconds, arms: (row label, request body) measured in turn)
+        service_arms = [("service", PLAIN)]
+        if args.explain:
+            service_arms.append(("service_explain", EXPLAIN))
+        variants = [] if args.only_naive else [("service", {}, args.warmup, service_arms)]
         if not (args.only_naive or args.skip_no_vector_cache):
             no_vectors = {"EDGEREC_CACHE_USER_VECTORS": "false"}
-            variants.append(("service_no_vector_cache", no_vectors, args.warmup, PLAIN))
+            variants.append(
+                ("service_no_vector_cache", no_vectors, args.warmup, [("service_no_vector_cache", PLAIN)])
+            )
         if args.warm_variant and not args.only_naive:
-            variants.append(("service_warmed", {"EDGEREC_WARM_CACHE": "true"}, 0, PLAIN))
-        for label, extra_env, warmup, body in variants:
+            variants.append(
+                ("service_warmed", {"EDGEREC_WARM_CACHE": "true"}, 0, [("service_warmed", PLAIN)])
+            )
+        for label, extra_env, warmup, arms in variants:
             port = free_port()
             env.update(extra_env, EDGEREC_REDIS_PREFIX=f"loadbench{port}")  # a fresh, empty cache
             cmd = uvicorn_cmd("service.main:create_app", port, ["--workers", str(args.workers)])
@@ -383,14 +395,22 @@ def main() -> None:
                 print(f"  cache warmed in {result['warm_seconds']} s", flush=True)
             if warmup:
                 # Unmeasured: fills the cache as earlier traffic would have (each run reports its hit ratio).
-                run_wrk(base, users_file, args.concurrency[0], warmup, seed=1, body=body)
-            result[label] = []
+                run_wrk(base, users_file, args.concurrency[0], warmup, seed=1)
+            for arm, _ in arms:
+                result[arm] = []
+            # Several arms alternate on one process (same users per round): drift of the cache and of the
+            # machine's other load falls on every arm alike.
+            rounds = args.explain_rounds if len(arms) > 1 else 1
             for c in args.concurrency:
-                before, load0 = scrape(base), os.getloadavg()[0]
-                r = run_wrk(base, users_file, c, args.duration, seed=c, body=body)
-                r.update(delta_stats(before, scrape(base)), loadavg_1m=[load0, os.getloadavg()[0]])
-                result[label].append(r)
-                print(f"  {label} c={c}: {r}", flush=True)
+                for n in range(rounds):
+                    for arm, body in arms:
+                        before, load0 = scrape(base), os.getloadavg()[0]
+                        r = run_wrk(base, users_file, c, args.duration, seed=c + 1000 * n, body=body)
+                        r.update(delta_stats(before, scrape(base)), loadavg_1m=[load0, os.getloadavg()[0]])
+                        if rounds > 1:
+                            r["round"] = n
+                        result[arm].append(r)
+                        print(f"  {arm} c={c} round {n}: {r}", flush=True)
             stop_process(svc)
             for k in extra_env:
                 env.pop(k)
@@ -440,7 +460,8 @@ def print_summary(r: dict) -> None:
     print("|---|---|---|---|---|---|---|")
     for path in SERVICE_RUNS + ("naive",):
         for row in r.get(path, []):
-            print(_row(path, str(row["concurrency"]), row, str(row["errors"])))
+            name = f"{path} (round {row['round']})" if "round" in row else path
+            print(_row(name, str(row["concurrency"]), row, str(row["errors"])))
     for key, row in r["floor"].items():
         print(_row(f"floor ({key.replace('_', ' ')})", "-", row, "-"))
     nav = {row["concurrency"]: row for row in r.get("naive", [])}
@@ -448,7 +469,8 @@ def print_summary(r: dict) -> None:
         for row in r.get(label, []):
             c = row["concurrency"]
             floor = r["floor"].get(f"batch_{c}")
-            msg = f"{label} c={c}: p99 {row['p99_ms']:.1f} ms, errors {row['errors']}"
+            name = f"{label} c={c}" + (f" round {row['round']}" if "round" in row else "")
+            msg = f"{name}: p99 {row['p99_ms']:.1f} ms, errors {row['errors']}"
             msg += f", cache hits {row['cache_hit_ratio']}, encoder skipped {row['encoder_skipped_ratio']}"
             msg += f", load average {row['loadavg_1m'][0]:.1f}-{row['loadavg_1m'][1]:.1f}"
             if c in nav and nav[c]["rps"]:
@@ -459,23 +481,30 @@ def print_summary(r: dict) -> None:
     for row in r.get("explain_cost", []):
         print(
             f"explain c={row['concurrency']}: p50 {row['p50_change_pct']:+.1f} %, p99 "
-            f"{row['p99_change_pct']:+.1f} %, throughput {row['rps_change_pct']:+.1f} % (service_explain "
-            "against service, same run)"
+            f"{row['p99_change_pct']:+.1f} %, throughput {row['rps_change_pct']:+.1f} % (median of "
+            f"{row['rounds']} rounds of service_explain against the service run before it, same process)"
         )
 
 
 def explain_cost(r: dict) -> list[dict]:
-    """Per concurrency level, how much ``explain: true`` changed p50, p99 and throughput (percent)."""
-    plain = {row["concurrency"]: row for row in r.get("service", [])}
-    out = []
+    """Per concurrency level, how much ``explain: true`` changed p50, p99 and throughput (percent): the
+    median over rounds of each round's explain run against the plain run just before it."""
+    plain = {(row["concurrency"], row.get("round", 0)): row for row in r.get("service", [])}
+    ratios: dict[int, list[dict]] = {}
     for row in r.get("service_explain", []):
-        base = plain.get(row["concurrency"])
-        if base:
-            pct = {k: round(100 * (row[k] / base[k] - 1), 1) for k in ("p50_ms", "p99_ms", "rps") if base[k]}
-            out.append(
-                {"concurrency": row["concurrency"], **{f"{k[:3]}_change_pct": v for k, v in pct.items()}}
+        base = plain.get((row["concurrency"], row.get("round", 0)))
+        if base and all(base[k] for k in ("p50_ms", "p99_ms", "rps")):
+            ratios.setdefault(row["concurrency"], []).append(
+                {k: row[k] / base[k] - 1 for k in ("p50_ms", "p99_ms", "rps")}
             )
-    return out
+    return [
+        {
+            "concurrency": c,
+            "rounds": len(rs),
+            **{f"{k[:3]}_change_pct": round(100 * float(np.median([x[k] for x in rs])), 1) for k in rs[0]},
+        }
+        for c, rs in ratios.items()
+    ]
 
 
 if __name__ == "__main__":
