@@ -19,8 +19,20 @@ manifest starts at the checkpoint's position: one found was published but not ad
 (if its gate passed and the served version is still its base) and the checkpoint advances without
 retraining. A crash anywhere before leaves the checkpoint where it was, so the rerun reads the same range.
 
-``EDGEREC_RETRAIN_FAIL_AT=read|train|publish`` is a **test hook**: the retrain raises right after that step
-(after reading; after training; after publishing, before the checkpoint advances), as a crash there would.
+Housekeeping (under the same lock): leftovers of a killed retrain (run and export folders, half-written
+snapshots) are removed first; after a retrain only the newest ``--keep-snapshots`` snapshots stay, never the
+one the next retrain extends nor the served version's. Every retrain that gets the lock writes a status
+record, ``<store>/retrain/last.json`` (``service.metrics.RETRAIN_STATUS_FILE``, atomically), which the
+service exposes on ``/metrics``.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1, the multi-node overlay) rank 0 alone reads the stream, snapshots,
+exports, gates, publishes and advances the checkpoint; the other ranks only join the fine-tune, whose plan
+(folders, configuration) rank 0 broadcasts to them, or ``None`` when there is nothing to train.
+
+Test hooks: ``EDGEREC_RETRAIN_FAIL_AT=read|train|publish`` raises right after that step (after reading;
+after training; after publishing, before the checkpoint advances), as a crash there would;
+``EDGEREC_RETRAIN_PAUSE_AT=<same>`` stops there until a line arrives on stdin, so that a test can SIGKILL the
+process in that phase.
 """
 
 from __future__ import annotations
@@ -30,21 +42,28 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
 from model_store.cli import STORE_OPTION
+from service.metrics import RETRAIN_STATUS_FILE
 
 FAIL_ENV = "EDGEREC_RETRAIN_FAIL_AT"
+PAUSE_ENV = "EDGEREC_RETRAIN_PAUSE_AT"
 FAIL_POINTS = ("read", "train", "publish")
 CHECKPOINT_FILE = "checkpoint.json"
 DEFAULT_TOLERANCE = 0.02
+# R@20 over fewer holdout users moves by more than the tolerance from noise alone.
+DEFAULT_MIN_HOLDOUT = 100
+DEFAULT_KEEP_SNAPSHOTS = 3
 GATE_METRIC = "recall@20"
 EXIT_FAILED = 2
 
@@ -58,8 +77,37 @@ class InjectedFailure(RuntimeError):
 
 
 def _hook(point: str) -> None:
+    if os.environ.get(PAUSE_ENV) == point:
+        print(f"{PAUSE_ENV}={point}: paused", file=sys.stderr, flush=True)
+        sys.stdin.readline()
     if os.environ.get(FAIL_ENV) == point:
         raise InjectedFailure(f"{FAIL_ENV}={point}: retrain stopped after {point} (test hook)")
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """Temp file in the same folder, fsync, rename, fsync the folder: a reader sees the old or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the service (another uid perhaps) reads last.json
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 # ------------------------------------------------------------------------------------------ checkpoint
@@ -92,26 +140,9 @@ def load_checkpoint(state_dir: Path) -> Checkpoint:
 
 
 def save_checkpoint(state_dir: Path, ck: Checkpoint) -> None:
-    """Atomically: temp file in the same folder, fsync, rename, fsync the folder."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    ck.updated_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    ck.updated_at = _now_iso()
     doc = {"positions": ck.positions, "version": ck.version, "updated_at": ck.updated_at}
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", dir=state_dir)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, state_dir / CHECKPOINT_FILE)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(state_dir, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_json_atomic(state_dir / CHECKPOINT_FILE, doc)
 
 
 @contextlib.contextmanager
@@ -130,6 +161,48 @@ def _exclusive(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+# ------------------------------------------------------------------------------------------ housekeeping
+def sweep_leftovers(state: Path) -> None:
+    """What a killed retrain leaves behind: its run and export folders and half-written snapshot folders
+    (``PreparedDataset.save`` writes into a hidden temp sibling). Called under the lock, so none is in use."""
+    for sub in ("runs", "exports"):
+        shutil.rmtree(state / sub, ignore_errors=True)
+    snaps = state / "snapshots"
+    if snaps.is_dir():
+        for p in snaps.iterdir():
+            if p.name.startswith(".") and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def prune_snapshots(state: Path, keep: int, protect: set[Path]) -> list[str]:
+    """Remove all but the newest ``keep`` snapshots (by folder time), never one in ``protect``."""
+    snaps = state / "snapshots"
+    if not snaps.is_dir():
+        return []
+    folders = sorted(
+        (p for p in snaps.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime_ns,
+        reverse=True,
+    )
+    keep_set = {p.resolve() for p in protect}
+    removed = []
+    for p in folders[keep:]:
+        if p.resolve() not in keep_set:
+            shutil.rmtree(p)
+            removed.append(p.name)
+    return removed
+
+
+def _snapshot_of(store, version: str | None) -> Path | None:
+    """The snapshot folder a retrained version learned from (None for a version trained otherwise)."""
+    if not version:
+        return None
+    try:
+        return Path(store.manifest(version).extra["retrain"]["dataset_dir"])
+    except Exception:  # not a retrained version, or gone: nothing to protect
+        return None
+
+
 # ------------------------------------------------------------------------------------------ pieces
 def redis_client(url: str):
     import redis
@@ -139,6 +212,19 @@ def redis_client(url: str):
 
         return RedisCluster.from_url("redis://" + url.removeprefix("redis+cluster://"))
     return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password (the Kubernetes URL carries one): safe for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable Redis URL>"
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _full(positions: dict[str, str], keys: list[str]) -> dict[str, str]:
@@ -213,19 +299,32 @@ def lineage_dataset(store, served: str, ck: Checkpoint, dataset: str | None, ech
 
 @dataclass
 class RetrainResult:
-    status: str  # nothing_new | dry_run | published | promoted | advanced
+    status: str  # nothing_new | dry_run | published | promoted | advanced | follower
     message: str
     version: str | None = None
     gate: dict[str, Any] | None = None
     stream: dict[str, Any] | None = None
+    snapshot: dict[str, Any] | None = None  # the snapshot's stats (new users/items, holdout, ...)
+    base: str | None = None
+    promoted: bool = False
 
 
-def gate_decision(served: dict, candidate: dict, tolerance: float, holdout: int) -> dict[str, Any]:
+def gate_decision(
+    served: dict,
+    candidate: dict,
+    tolerance: float,
+    holdout: int,
+    min_holdout: int = DEFAULT_MIN_HOLDOUT,
+) -> dict[str, Any]:
     s, c = float(served.get(GATE_METRIC, 0.0)), float(candidate.get(GATE_METRIC, 0.0))
     floor = s * (1.0 - tolerance)
-    passed = holdout > 0 and c >= floor
-    if holdout == 0:
-        reason = "no holdout interaction to compare on (too few new interactions per user)"
+    too_small = holdout < max(1, min_holdout)
+    passed = not too_small and c >= floor
+    if too_small:
+        reason = (
+            f"holdout too small: {holdout} interaction(s) < --min-holdout {min_holdout} "
+            "(retrain when more traffic has come in, or --force-promote)"
+        )
     elif passed:
         reason = f"candidate {GATE_METRIC} {c:.4f} >= served {s:.4f} x (1 - {tolerance:g}) = {floor:.4f}"
     else:
@@ -234,6 +333,8 @@ def gate_decision(served: dict, candidate: dict, tolerance: float, holdout: int)
         "metric": GATE_METRIC,
         "tolerance": tolerance,
         "holdout": holdout,
+        "min_holdout": min_holdout,
+        "too_small": too_small,
         "served": served,
         "candidate": candidate,
         "passed": passed,
@@ -241,7 +342,117 @@ def gate_decision(served: dict, candidate: dict, tolerance: float, holdout: int)
     }
 
 
+# ------------------------------------------------------------------------------------------ status record
+def status_record(
+    result: RetrainResult | None, started: float, finished: float, error: str | None = None
+) -> dict[str, Any]:
+    """What ``<store>/retrain/last.json`` holds (``service.metrics.RetrainStatus`` turns it into gauges)."""
+    r = result or RetrainResult("failed", error or "")
+    stream, snap, gate = r.stream or {}, r.snapshot or {}, r.gate or {}
+    metric = gate.get("metric", GATE_METRIC)
+    return {
+        "status": "failed" if error else r.status,
+        "ok": error is None,
+        "error": error,
+        "message": r.message,
+        "started_at": round(started, 3),
+        "finished_at": round(finished, 3),
+        "seconds": round(finished - started, 1),
+        "version": r.version,
+        "base_version": r.base,
+        "promoted": r.promoted,
+        "stream": {
+            "entries": stream.get("entries", 0),
+            "interactions": stream.get("interactions", 0),
+            "shards": {
+                k: {"after": v["after"], "upper": v["upper"]} for k, v in stream.get("shards", {}).items()
+            },
+        },
+        "new_users": snap.get("new_users", 0),
+        "new_items": snap.get("new_items", 0),
+        "holdout": snap.get("holdout", 0),
+        "gate": {
+            "metric": metric,
+            "passed": gate.get("passed"),
+            "reason": gate.get("reason"),
+            "served": (gate.get("served") or {}).get(metric),
+            "candidate": (gate.get("candidate") or {}).get(metric),
+        }
+        if gate
+        else None,
+    }
+
+
+# ------------------------------------------------------------------------------------------ ranks
+class Ranks:
+    """The processes of one retrain: one, or the ranks of a ``torchrun`` (``WORLD_SIZE`` > 1). Rank 0 does
+    the retrain; the others only join its fine-tune, whose plan rank 0 broadcasts (see the module docstring).
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.dist = None
+        self._sent = False
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from training.recipe import loop
+
+            self.dist = loop.setup(device)
+
+    @property
+    def main(self) -> bool:
+        return self.dist is None or self.dist.main
+
+    def _broadcast(self, obj: Any) -> Any:
+        import torch.distributed as tdist
+
+        box = [obj]
+        tdist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def send(self, plan: dict[str, Any] | None) -> None:
+        """Rank 0: the fine-tune's arguments (``warm_train``'s), or None: nothing to train, exit."""
+        if self.dist is not None and not self._sent:
+            self._sent = True
+            self._broadcast(plan)
+
+    def release(self) -> None:
+        """Rank 0 leaving without a fine-tune (nothing new, a crash, ...): the other ranks stop waiting."""
+        if self.dist is None:
+            return
+        from training.recipe import loop
+
+        with contextlib.suppress(Exception):  # the group may already be gone (warm_train tore it down)
+            self.send(None)
+            loop.teardown(self.dist)
+
+    def follow(self, echo: Callable[[str], None]) -> RetrainResult:
+        """A rank other than 0: wait for the plan, join the fine-tune, leave the rest to rank 0."""
+        from training.recipe import loop
+        from training.recipe.warm_start import warm_train
+
+        rank = self.dist.rank
+        plan = self._broadcast(None)
+        if plan is None:
+            loop.teardown(self.dist)
+            return RetrainResult("follower", f"rank {rank}: nothing to train")
+        warm_train(**plan)
+        echo(f"rank {rank}: fine-tune done; rank 0 exports, gates and publishes")
+        return RetrainResult("follower", f"rank {rank}: fine-tune done")
+
+
 # ------------------------------------------------------------------------------------------ the retrain
+@dataclass
+class Options:
+    epochs: int = 2
+    tolerance: float = DEFAULT_TOLERANCE
+    min_holdout: int = DEFAULT_MIN_HOLDOUT
+    force_promote: bool = False
+    promote: bool = True
+    dry_run: bool = False
+    dataset: str | None = None
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+
+
 def retrain(
     *,
     store_root: str | Path | None,
@@ -252,6 +463,9 @@ def retrain(
     dataset: str | None = None,
     epochs: int = 2,
     tolerance: float = DEFAULT_TOLERANCE,
+    min_holdout: int = DEFAULT_MIN_HOLDOUT,
+    force_promote: bool = False,
+    keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
     promote: bool = True,
     dry_run: bool = False,
     train_overrides: dict[str, Any] | None = None,
@@ -259,75 +473,123 @@ def retrain(
 ) -> RetrainResult:
     from model_store import ModelStore
     from model_store.errors import NoCurrentVersion
+
+    opts = Options(
+        epochs, tolerance, min_holdout, force_promote, promote, dry_run, dataset, dict(train_overrides or {})
+    )
+    ranks = Ranks(str(opts.train_overrides.get("device", "auto")))
+    if not ranks.main:
+        return ranks.follow(echo)
+    try:
+        store = ModelStore(store_root)
+        state = Path(state_dir) if state_dir else store.root / "retrain"
+        try:
+            base = store.current()
+        except NoCurrentVersion as exc:
+            where = "" if store.root.is_dir() else " (the folder does not exist: check --store)"
+            raise RetrainError(
+                f"{exc}{where}; train, export and promote a first version (`edgerec export --promote`)"
+            ) from None
+        with _exclusive(state):
+            return _recorded(store, base, state, redis_url, prefix, shards, opts, keep_snapshots, ranks, echo)
+    finally:
+        ranks.release()
+
+
+def _recorded(store, base, state, redis_url, prefix, shards, opts, keep, ranks, echo) -> RetrainResult:
+    """One retrain under the lock, its status record written whatever the outcome (a dry run writes none)."""
+    started = time.time()
+    try:
+        sweep_leftovers(state)
+        result = _run(store, base, state, redis_url, prefix, shards, opts, ranks, echo)
+    except InjectedFailure:
+        raise  # the test hook stands for a crash, which records nothing
+    except Exception as exc:
+        if not opts.dry_run:
+            write_json_atomic(
+                store.root / RETRAIN_STATUS_FILE,
+                status_record(None, started, time.time(), f"{type(exc).__name__}: {exc}"),
+            )
+        raise
+    if not opts.dry_run:
+        protect = {
+            p for p in (_snapshot_of(store, result.version), _snapshot_of(store, store.current())) if p
+        }
+        ck = load_checkpoint(state)
+        if (p := _snapshot_of(store, ck.version)) is not None:
+            protect.add(p)
+        removed = prune_snapshots(state, keep, protect)
+        if removed:
+            echo(f"removed {len(removed)} old snapshot(s) (--keep-snapshots {keep})")
+        write_json_atomic(store.root / RETRAIN_STATUS_FILE, status_record(result, started, time.time()))
+    return result
+
+
+def _run(store, base, state, redis_url, prefix, shards, opts, ranks, echo) -> RetrainResult:
     from service.cache import stream_keys
 
-    store = ModelStore(store_root)
-    state = Path(state_dir) if state_dir else store.root / "retrain"
     keys = stream_keys(prefix, shards)
+    ck = load_checkpoint(state)
+    after = _full(ck.positions, keys)
+
+    # Published but not advanced (a crash between publish and checkpoint): finish that retrain.
+    done = find_published(store, after)
+    if done is not None:
+        return _advance(store, state, done, opts, echo)
+
+    read = _read(redis_url, keys, after)
+    if read.count == 0:
+        msg = f"nothing new since {ck.describe()}"
+        echo(msg)
+        return RetrainResult("nothing_new", msg, base=base)
+    for key, rng in read.ranges.items():
+        if rng.trimmed:
+            echo(f"warning: {key} was trimmed (MAXLEN) past the checkpoint; older entries are lost")
+    _hook("read")
+    return _learn(store, base, state, keys, read, ck, opts, ranks, echo)
+
+
+def _read(redis_url: str, keys: list[str], after: dict[str, str]):
+    from service.stream_reader import read_since
+
     try:
-        base = store.current()
-    except NoCurrentVersion as exc:
-        raise RetrainError(
-            f"{exc}; train, export and promote a first version (`edgerec export --promote`)"
-        ) from None
-    with _exclusive(state):
-        ck = load_checkpoint(state)
-        after = _full(ck.positions, keys)
-
-        # Published but not advanced (a crash between publish and checkpoint): finish that retrain.
-        done = find_published(store, after)
-        if done is not None:
-            r = store.manifest(done).extra["retrain"]
-            msg = f"version {done} already learned from the range after the checkpoint; checkpoint advanced"
-            if dry_run:
-                return RetrainResult("dry_run", f"would advance the checkpoint to version {done}", done)
-            if promote and r["gate"]["passed"] and store.current() == r["base_version"]:
-                store.promote(done)
-                msg += f"; promoted ({r['gate']['reason']})"
-            save_checkpoint(
-                state, Checkpoint({k: v["upper"] for k, v in r["stream"]["shards"].items()}, done)
-            )
-            echo(msg)
-            return RetrainResult("advanced", msg, done, r["gate"], r["stream"])
-
-        from service.stream_reader import read_since
-
         client = redis_client(redis_url)
-        try:
-            client.ping()
-            read = read_since(client, keys, after)
-        except Exception as exc:
-            if type(exc).__module__.startswith("redis"):
-                raise RetrainError(f"Redis at {redis_url} unusable: {type(exc).__name__}: {exc}") from exc
-            raise
-        finally:
-            client.close()
-        if read.count == 0:
-            msg = f"nothing new since {ck.describe()}"
-            echo(msg)
-            return RetrainResult("nothing_new", msg)
-        for key, rng in read.ranges.items():
-            if rng.trimmed:
-                echo(f"warning: {key} was trimmed (MAXLEN) past the checkpoint; older entries are lost")
-        _hook("read")
-        return _learn(
-            store,
-            base,
-            state,
-            keys,
-            read,
-            ck,
-            dataset,
-            epochs,
-            tolerance,
-            promote,
-            dry_run,
-            train_overrides,
-            echo,
-        )
+    except ValueError as exc:  # a malformed URL
+        raise RetrainError(f"Redis URL {redacted(redis_url)} is not usable: {exc}") from None
+    try:
+        client.ping()
+        return read_since(client, keys, after)
+    except Exception as exc:
+        if type(exc).__module__.startswith("redis"):
+            raise RetrainError(
+                f"Redis at {redacted(redis_url)} unreachable or refusing ({type(exc).__name__}: {exc}); "
+                "nothing was read and the checkpoint is unchanged"
+            ) from None
+        raise
+    finally:
+        client.close()
 
 
-def _learn(store, base, state, keys, read, ck, dataset, epochs, tolerance, promote, dry_run, overrides, echo):
+def _advance(store, state, done: str, opts: Options, echo) -> RetrainResult:
+    r = store.manifest(done).extra["retrain"]
+    msg = f"version {done} already learned from the range after the checkpoint; checkpoint advanced"
+    if opts.dry_run:
+        return RetrainResult("dry_run", f"would advance the checkpoint to version {done}", done)
+    # the promotion the crashed run decided (its gate or --force-promote), unless another was promoted since
+    decided = r.get("promote", r["gate"]["passed"])
+    promoted = False
+    if opts.promote and decided and store.current() == r["base_version"]:
+        store.promote(done)
+        promoted = True
+        msg += f"; promoted ({r['gate']['reason']})"
+    save_checkpoint(state, Checkpoint({k: v["upper"] for k, v in r["stream"]["shards"].items()}, done))
+    echo(msg)
+    return RetrainResult(
+        "advanced", msg, done, r["gate"], r["stream"], r.get("snapshot"), r["base_version"], promoted
+    )
+
+
+def _learn(store, base, state, keys, read, ck, opts: Options, ranks: Ranks, echo) -> RetrainResult:
     from training.data.snapshot import Event, merge
     from training.evaluation.holdout import score_holdout
     from training.export.exporter import code_version, export_run, version_metadata
@@ -335,7 +597,7 @@ def _learn(store, base, state, keys, read, ck, dataset, epochs, tolerance, promo
 
     t0 = time.time()
     base_dir = store.path(base)
-    data, data_spec = lineage_dataset(store, base, ck, dataset, echo)
+    data, data_spec = lineage_dataset(store, base, ck, opts.dataset, echo)
     events, order = [], 0
     for e in read.entries:
         for item in e.items:
@@ -351,27 +613,38 @@ def _learn(store, base, state, keys, read, ck, dataset, epochs, tolerance, promo
     )
     recorded = store.manifest(base).extra.get("retrain", {}).get("train_config")
     train_cfg = base_train_config(base_dir, recorded)
-    run_cfg = {**train_cfg, **(overrides or {})}  # overrides are this retrain's only, never recorded as base
+    run_cfg = {**train_cfg, **opts.train_overrides}  # this retrain's only, never recorded as base
+    if ranks.dist is not None:
+        run_cfg["device"] = ranks.device  # the device the process group was set up for
     run_dir, export_dir = state / "runs" / name, state / "exports" / name
-    metrics = warm_train(base_dir, snap_dir, run_dir, run_cfg, epochs=epochs)
+    plan = {
+        "version_dir": str(base_dir),
+        "snapshot_dir": str(snap_dir),
+        "run_dir": str(run_dir),
+        "train_config": run_cfg,
+        "epochs": opts.epochs,
+    }
+    ranks.send(plan)
+    metrics = warm_train(**plan)
     _hook("train")
     index_kind = json.loads((base_dir / "export.json").read_text()).get("index_kind", "exact")
     export_run(run_dir, export_dir, index_kind, dataset=snap_dir, overwrite=True)
     served_m = score_holdout(base_dir, snap.data)
     cand_m = score_holdout(export_dir, snap.data)
-    gate = gate_decision(served_m, cand_m, tolerance, snap.stats["holdout"])
+    gate = gate_decision(served_m, cand_m, opts.tolerance, snap.stats["holdout"], opts.min_holdout)
     stream = {
         "shards": {k: r.to_dict() for k, r in read.ranges.items()},
         "entries": read.count,
         "interactions": len(events),
     }
     echo(f"gate: {gate['reason']}")
-    if dry_run:
+    if opts.dry_run:
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(export_dir, ignore_errors=True)
-        return RetrainResult(
-            "dry_run", f"dry run: nothing published; gate: {gate['reason']}", None, gate, stream
-        )
+        msg = f"dry run: nothing published; gate: {gate['reason']}"
+        return RetrainResult("dry_run", msg, None, gate, stream, snap.stats, base)
+    forced = opts.force_promote and not gate["passed"]
+    promote = opts.promote and (gate["passed"] or opts.force_promote)
     meta = version_metadata(export_dir) | {"code_version": code_version()}
     meta["extra"]["retrain"] = {
         "base_version": base,
@@ -380,28 +653,33 @@ def _learn(store, base, state, keys, read, ck, dataset, epochs, tolerance, promo
         "dataset_dir": str(snap_dir.resolve()),
         "base_dataset": data_spec,
         "train_config": train_cfg,
-        "overrides": overrides or {},
-        "epochs": epochs,
+        "overrides": opts.train_overrides,
+        "epochs": opts.epochs,
         "gate": gate,
+        "promote": promote,  # what this retrain decided; a rerun after a crash completes it
+        "forced": forced,
+        "world_size": ranks.dist.world if ranks.dist is not None else 1,
         "test": metrics.get("test"),
         "seconds": round(time.time() - t0, 1),
     }
     vid = store.publish(export_dir, meta)
     _hook("publish")
-    promoted = promote and gate["passed"]
-    if promoted:
+    if promote:
         store.promote(vid)
     save_checkpoint(state, Checkpoint({k: r.upper for k, r in read.ranges.items()}, vid))
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.rmtree(export_dir, ignore_errors=True)
-    if promoted:
+    if forced and promote:
+        msg = f"published and promoted {vid} (--force-promote; the gate said: {gate['reason']})"
+    elif promote:
         msg = f"published and promoted {vid}"
-    elif not promote:
+    elif not opts.promote:
         msg = f"published {vid}, not promoted (--no-promote); gate: {gate['reason']}"
     else:
         msg = f"published {vid}, NOT promoted: {gate['reason']}"
     echo(msg)
-    return RetrainResult("promoted" if promoted else "published", msg, vid, gate, stream)
+    status = "promoted" if promote else "published"
+    return RetrainResult(status, msg, vid, gate, stream, snap.stats, base, promote)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -426,8 +704,24 @@ def retrain_cmd(
     tolerance: float = typer.Option(
         DEFAULT_TOLERANCE, "--tolerance", min=0.0, max=1.0, help="Allowed relative R@20 drop vs served."
     ),
+    min_holdout: int = typer.Option(
+        DEFAULT_MIN_HOLDOUT,
+        "--min-holdout",
+        min=1,
+        help="Fewest holdout interactions the gate decides on; below it the candidate is published, not "
+        "promoted.",
+    ),
     promote: bool = typer.Option(
         True, "--promote/--no-promote", help="Promote a candidate that passes the gate."
+    ),
+    force_promote: bool = typer.Option(
+        False, "--force-promote", help="Promote the candidate whatever the gate says (recorded as forced)."
+    ),
+    keep_snapshots: int = typer.Option(
+        DEFAULT_KEEP_SNAPSHOTS,
+        "--keep-snapshots",
+        min=1,
+        help="Newest snapshots kept in the state folder (the served one and the next base are always kept).",
     ),
     overrides: list[str] = typer.Option(
         [], "--set", help="TrainConfig field for this fine-tune, key=value (JSON value), e.g. --set lr=5e-5."
@@ -465,6 +759,9 @@ def retrain_cmd(
             dataset=dataset,
             epochs=epochs,
             tolerance=tolerance,
+            min_holdout=min_holdout,
+            force_promote=force_promote,
+            keep_snapshots=keep_snapshots,
             promote=promote,
             dry_run=dry_run,
             train_overrides=fields,

@@ -18,7 +18,7 @@ from service.api.routes import admin, health, interactions, items, metrics, mode
 from service.cache import Cache
 from service.config import Settings
 from service.logging import configure_logging
-from service.metrics import Metrics
+from service.metrics import RETRAIN_STATUS_FILE, Metrics
 from service.middleware import RequestContextMiddleware
 from service.model_control import LoadFailed, load_current, poll_store
 from service.prompt_pool import PromptPoolFull
@@ -95,7 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.metrics = Metrics()
+    # /metrics also reports the last retrain, from the record `edgerec retrain` leaves in the store
+    app.state.metrics = Metrics(retrain_status=settings.store_root / RETRAIN_STATUS_FILE)
     for r in (recommend, interactions, items, model, health, metrics, admin):
         app.include_router(r.router)
     app.add_exception_handler(StarletteHTTPException, http_error)

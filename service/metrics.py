@@ -3,9 +3,12 @@ process)."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -15,6 +18,10 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+
+# The last retrain's status record, under the model store (written atomically by `edgerec retrain`).
+RETRAIN_STATUS_FILE = Path("retrain") / "last.json"
 
 # Millisecond-scale buckets: the request path's stages take 0.05-50 ms on a CPU.
 _STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -24,9 +31,11 @@ STAGES = ("cache", "neighbourhood", "prompt", "encode", "search")
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, retrain_status: Path | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        if retrain_status is not None:
+            r.register(RetrainStatus(retrain_status))
         self.stage_seconds = Histogram(
             "edgerec_stage_seconds",
             "Latency of one stage of the recommendation path (encode/search: per micro-batch).",
@@ -120,3 +129,72 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class RetrainStatus:
+    """Gauges of the last ``edgerec retrain`` (``edgerec_retrain_last_*``), read from its status record when
+    scraped: one stat per scrape, the JSON parsed again only when the file changed. No record (no retrain
+    yet) or an unreadable one: no series, so an alert on their absence fires."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._seen: tuple[int, int, int] | None = None
+        self._doc: dict | None = None
+
+    def describe(self) -> list:
+        return []  # the series depend on the file; registering must not read it
+
+    def _read(self) -> dict | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if seen != self._seen:
+            try:
+                doc = json.loads(self.path.read_bytes())
+            except (OSError, ValueError):
+                doc = None
+            self._seen, self._doc = seen, doc if isinstance(doc, dict) else None
+        return self._doc
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        doc = self._read()
+        if doc is None:
+            return
+        gate = doc.get("gate") or {}
+
+        def gauge(name: str, doc_: str, value) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"edgerec_retrain_last_{name}", doc_, value=float(value or 0))
+
+        yield gauge("timestamp_seconds", "Unix time the last retrain finished.", doc.get("finished_at"))
+        yield gauge("success", "1 if the last retrain completed (whatever its gate said).", doc.get("ok"))
+        yield gauge("duration_seconds", "Wall time of the last retrain.", doc.get("seconds"))
+        yield gauge(
+            "interactions",
+            "Interactions the last retrain learned from.",
+            (doc.get("stream") or {}).get("interactions"),
+        )
+        yield gauge("new_users", "Users the last retrain added.", doc.get("new_users"))
+        yield gauge("new_items", "Items the last retrain added.", doc.get("new_items"))
+        yield gauge("holdout", "Holdout interactions the last gate scored on.", doc.get("holdout"))
+        yield gauge("gate_passed", "1 if the last retrain's candidate passed the gate.", gate.get("passed"))
+        yield gauge("gate_promoted", "1 if the last retrain promoted a version.", doc.get("promoted"))
+        scores = GaugeMetricFamily(
+            "edgerec_retrain_last_gate_score",
+            "The last gate's metric (see the info's metric label) for the served and the candidate version.",
+            labels=["model"],
+        )
+        for model in ("served", "candidate"):
+            if gate.get(model) is not None:
+                scores.add_metric([model], float(gate[model]))
+        yield scores
+        info = GaugeMetricFamily(
+            "edgerec_retrain_last_info",
+            "1, labelled with the last retrain's outcome, version and gate metric.",
+            labels=["status", "version", "metric"],
+        )
+        info.add_metric(
+            [str(doc.get("status", "")), str(doc.get("version") or ""), str(gate.get("metric") or "")], 1.0
+        )
+        yield info

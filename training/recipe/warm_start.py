@@ -135,6 +135,17 @@ def warm_state(model: torch.nn.Module, version_dir: str | Path, train: sp.csr_ma
     }
 
 
+def _prepare_run_dir(version_dir: Path, run_dir: Path, n_users: int, n_items: int) -> None:
+    """A fresh run folder with the served word vocabulary and the snapshot's id counts (build_run loads a
+    tokenizer it finds there)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    shutil.copyfile(version_dir / "tokenizer.json", run_dir / "tokenizer.json")
+    pcfg = json.loads((version_dir / "prompt_config.json").read_text())
+    pcfg["tokenizer"] = {**pcfg["tokenizer"], "n_users": n_users, "n_items": n_items}
+    (run_dir / "prompt_config.json").write_text(json.dumps(pcfg, indent=2))
+
+
 def warm_train(
     version_dir: str | Path,
     snapshot_dir: str | Path,
@@ -145,20 +156,14 @@ def warm_train(
     patience: int = 1,
     quiet: bool = True,
 ) -> dict:
-    """Fine-tune the served version on the snapshot in ``run_dir`` (replaced); returns the run's metrics."""
+    """Fine-tune the served version on the snapshot in ``run_dir`` (replaced); returns the run's metrics
+    (rank 0's; the other ranks of a ``torchrun`` get ``{}``)."""
     from training.data.dataset import PreparedDataset
     from training.recipe import loop
     from training.recipe.train import TrainConfig, build_run, finetune, test
 
     version_dir, run_dir = Path(version_dir), Path(run_dir)
     data = PreparedDataset.load(snapshot_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    # The served word vocabulary with the snapshot's id counts: build_run loads a tokenizer it finds.
-    shutil.copyfile(version_dir / "tokenizer.json", run_dir / "tokenizer.json")
-    pcfg = json.loads((version_dir / "prompt_config.json").read_text())
-    pcfg["tokenizer"] = {**pcfg["tokenizer"], "n_users": data.n_users, "n_items": data.n_items}
-    (run_dir / "prompt_config.json").write_text(json.dumps(pcfg, indent=2))
     fields = {
         **train_config,
         **_FORCED,
@@ -168,12 +173,17 @@ def warm_train(
         "patience": patience,
     }
     cfg = TrainConfig.from_dict(fields)
-    run = build_run(cfg, stages=("finetune",), quiet=quiet)
+    # Under torchrun every rank gets here; the run folder is shared, so rank 0 alone prepares it.
+    d = loop.setup(cfg.device)
     try:
+        if d.main:
+            _prepare_run_dir(version_dir, run_dir, data.n_users, data.n_items)
+        loop.barrier(d)
+        run = build_run(cfg, stages=("finetune",), quiet=quiet)
         warm = warm_state(run.model, version_dir, data.train)
         run.log.write(event="warm_start", version=str(version_dir), **warm)
         finetune(run, quiet)
         metrics = test(run) if run.dist.main else {}
     finally:
-        loop.teardown(run.dist)
+        loop.teardown(d)
     return metrics
