@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -259,9 +260,9 @@ def uvicorn_cmd(target: str, port: int, extra: list[str]) -> list[str]:
     return [*base, "--no-access-log", "--log-level", "warning", *extra]
 
 
-def start_process(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+def start_process(cmd: list[str], env: dict, log: Path, cwd: Path | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
     )
 
 
@@ -273,6 +274,92 @@ def stop_process(p: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+ADMIN_KEY = "loadbench-admin"
+
+
+def service_memory(pid: int) -> list[dict]:
+    """RSS and PSS (MiB) of the service's processes (uvicorn's and its workers'). PSS divides each shared
+    page among the processes that map it, so memory-mapped version files count once across workers."""
+    kids: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        kids.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        todo += kids.get(p, [])
+        try:
+            roll = Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
+        except OSError:
+            continue
+        kb = {ln.split()[0].rstrip(":"): int(ln.split()[1]) for ln in roll[1:] if ln.split()[-1] == "kB"}
+        out.append(
+            {
+                "pid": p,
+                "cmd": cmd,
+                "rss_mib": round(kb["Rss"] / 1024, 1),
+                "pss_mib": round(kb["Pss"] / 1024, 1),
+            }
+        )
+    return out
+
+
+def effective_config(env: dict, root: Path) -> dict:
+    """The service's settings as its own code reads them from ``env`` (log level included)."""
+    code = "from service.config import Settings; print(Settings().model_dump_json())"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True)
+    return json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr[-500:]}
+
+
+def reload_to(base: str, version: str) -> dict:
+    req = urllib.request.Request(
+        f"{base}/admin/reload",
+        data=json.dumps({"version": version}).encode(),
+        headers={"Content-Type": "application/json", "X-API-Key": ADMIN_KEY},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return json.loads(r.read())
+
+
+def swap_under_load(base: str, users_file: Path, c: int, target: str, window_s: int) -> dict:
+    """Load in 2-second wrk windows: ``window_s`` before a hot swap to ``target``, while the service loads
+    (and, from the cold-path change on, warms) it, and ``window_s`` after it serves. The windows after vs
+    before show whether a promotion is a latency cliff."""
+
+    def window(seed: int) -> dict:
+        before, load0 = scrape(base), os.getloadavg()[0]
+        r = run_wrk(base, users_file, c, 2, seed=seed)
+        r.update(delta_stats(before, scrape(base)), loadavg_1m=[load0, os.getloadavg()[0]])
+        return r
+
+    out: dict = {"concurrency": c, "target": target}
+    out["before"] = [window(7000 + n) for n in range(window_s // 2)]
+    answer: dict = {}
+    t0 = time.monotonic()
+    th = threading.Thread(target=lambda: answer.update(reload_to(base, target)))
+    th.start()
+    out["during"] = []
+    while th.is_alive():
+        out["during"].append(window(8000 + len(out["during"])))
+    th.join()
+    out["swap_seconds"] = round(time.monotonic() - t0, 1)
+    out["reload"] = answer
+    out["after"] = [window(9000 + n) for n in range(window_s // 2)]
+    for key in ("before", "after"):
+        rows = out[key]
+        out[f"{key}_p50_ms_median"] = float(np.median([r["p50_ms"] for r in rows]))
+        out[f"{key}_p99_ms_max"] = max(r["p99_ms"] for r in rows)
+    print(
+        f"  swap c={c}: " + json.dumps({k: v for k, v in out.items() if not isinstance(v, list)}), flush=True
+    )
+    return out
 
 
 def main() -> None:
@@ -298,7 +385,29 @@ def main() -> None:
         action="store_true",
         help="no EDGEREC_CACHE_USER_VECTORS=false run",
     )
-    ap.add_argument("--workers", type=int, default=1, help="uvicorn workers of the service")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="uvicorn workers of the service; several: one service run each (service_w<N> rows, and "
+        "the RSS/PSS of each process in memory) [1]",
+    )
+    ap.add_argument(
+        "--swap-to",
+        default=None,
+        help="after the first service run, hot swap it to this version under load (POST /admin/reload) "
+        "and measure 2-s windows before, during and after (the swap section)",
+    )
+    ap.add_argument("--swap-window", type=int, default=10, help="seconds measured before and after a swap")
+    ap.add_argument("--log-level", default="WARNING", help="EDGEREC_LOG_LEVEL of the service [WARNING]")
+    ap.add_argument(
+        "--service-root",
+        type=Path,
+        default=ROOT,
+        help="source tree the service runs from (e.g. a `git worktree` of older code, for before/after "
+        "runs with one bench script) [this checkout]",
+    )
     ap.add_argument(
         "--explain",
         action="store_true",
@@ -339,7 +448,19 @@ def main() -> None:
         "draw": args.draw,
         "warmup_s": args.warmup,
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "service_root": str(args.service_root),
+        "service_commit": subprocess.run(
+            ["git", "-C", str(args.service_root), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+        "loadavg_at_start": list(os.getloadavg()),
+        "config": {},
+        "memory": {},
     }
+    if args.skip_naive and args.out.is_file():  # keep the naive rows of the last run that measured them
+        previous = json.loads(args.out.read_text())
+        if previous.get("naive"):
+            result["naive"] = previous["naive"]
+            result["naive_from"] = previous.get("naive_from", previous.get("started_utc"))
 
     print("compute floor (encoder + search, in-process):", flush=True)
     levels = [*args.floor_batches, *args.concurrency]
@@ -361,15 +482,18 @@ def main() -> None:
             EDGEREC_MODEL_STORE=str(args.store.resolve()),
             EDGEREC_MODEL_VERSION=version,
             EDGEREC_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
-            EDGEREC_LOG_LEVEL="WARNING",
+            EDGEREC_LOG_LEVEL=args.log_level,
             EDGEREC_MODEL_POLL_S="0",
-            PYTHONPATH=str(ROOT),
+            EDGEREC_ADMIN_API_KEY=ADMIN_KEY,
+            PYTHONPATH=str(args.service_root),
         )
         # (label, extra environment, warm-up seconds, arms: (row label, request body) measured in turn)
         service_arms = [("service", PLAIN)]
         if args.explain:
             service_arms.append(("service_explain", EXPLAIN))
         variants = [] if args.only_naive else [("service", {}, args.warmup, service_arms)]
+        for w in [] if args.only_naive else args.workers[1:]:
+            variants.append((f"service_w{w}", {"_workers": w}, args.warmup, [(f"service_w{w}", PLAIN)]))
         if not (args.only_naive or args.skip_no_vector_cache):
             no_vectors = {"EDGEREC_CACHE_USER_VECTORS": "false"}
             variants.append(
@@ -381,9 +505,13 @@ def main() -> None:
             )
         for label, extra_env, warmup, arms in variants:
             port = free_port()
+            workers = extra_env.pop("_workers", args.workers[0])
             env.update(extra_env, EDGEREC_REDIS_PREFIX=f"loadbench{port}")  # a fresh, empty cache
-            cmd = uvicorn_cmd("service.main:create_app", port, ["--workers", str(args.workers)])
-            svc = start_process(cmd, env, work / f"{label}.log")
+            env["EDGEREC_WORKERS"] = str(workers)
+            subprocess.run(["redis-cli", "-p", str(redis_port), "FLUSHALL"], check=True, capture_output=True)
+            result["config"][label] = effective_config(env, args.service_root)
+            cmd = uvicorn_cmd("service.main:create_app", port, ["--workers", str(workers)])
+            svc = start_process(cmd, env, work / f"{label}.log", cwd=args.service_root)
             procs.append(svc)
             base = f"http://127.0.0.1:{port}"
             wait_ready(f"{base}/readyz")
@@ -411,6 +539,12 @@ def main() -> None:
                             r["round"] = n
                         result[arm].append(r)
                         print(f"  {arm} c={c} round {n}: {r}", flush=True)
+            result["memory"][label] = service_memory(svc.pid)
+            print(f"  {label} memory: {result['memory'][label]}", flush=True)
+            if args.swap_to and label == "service":
+                result["swap"] = swap_under_load(
+                    base, users_file, args.concurrency[0], args.swap_to, args.swap_window
+                )
             stop_process(svc)
             for k in extra_env:
                 env.pop(k)
@@ -458,14 +592,15 @@ PLAIN, EXPLAIN = '{"k": 10}', '{"k": 10, "explain": true}'
 def print_summary(r: dict) -> None:
     print("\n| path | clients | req/s | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|")
-    for path in SERVICE_RUNS + ("naive",):
+    workers = tuple(k for k in r if k.startswith("service_w"))
+    for path in SERVICE_RUNS + workers + ("naive",):
         for row in r.get(path, []):
             name = f"{path} (round {row['round']})" if "round" in row else path
             print(_row(name, str(row["concurrency"]), row, str(row["errors"])))
     for key, row in r["floor"].items():
         print(_row(f"floor ({key.replace('_', ' ')})", "-", row, "-"))
     nav = {row["concurrency"]: row for row in r.get("naive", [])}
-    for label in SERVICE_RUNS:
+    for label in SERVICE_RUNS + workers:
         for row in r.get(label, []):
             c = row["concurrency"]
             floor = r["floor"].get(f"batch_{c}")

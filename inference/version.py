@@ -189,7 +189,9 @@ def open_version(
         threads=choice.threads,
         providers=choice.providers,
     )
-    emb = np.ascontiguousarray(np.load(folder / "item_embeddings.npy", allow_pickle=False), dtype=np.float32)
+    # memory-mapped read-only: worker processes share the page cache's copy (a float32 file is not copied)
+    emb = np.load(folder / "item_embeddings.npy", mmap_mode="r", allow_pickle=False)
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
     index = load_index(folder, use_gpu={"auto": "auto", "yes": True, "no": False}[choice.use_gpu])
     ranker = Ranker(index, emb)
     version = InferenceVersion(

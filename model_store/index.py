@@ -214,7 +214,8 @@ def load_index(folder: str | os.PathLike[str], use_gpu: bool | str = "auto") -> 
     if info.format != INDEX_FORMAT or info.kind not in KINDS or info.metric != "inner_product":
         what = f"format {info.format}, kind {info.kind}, {info.metric}"
         raise ValueError(f"{meta_path}: unsupported index ({what})")
-    index = faiss.read_index(str(index_path))
+    # Flat codes memory-mapped (faiss >= 1.8): the worker processes of one host share one copy of the vectors.
+    index = faiss.read_index(str(index_path), getattr(faiss, "IO_FLAG_MMAP_IFC", 0))
     if index.ntotal != info.count or index.d != info.dim:
         raise ValueError(
             f"{index_path} holds {index.ntotal} x {index.d} vectors "
