@@ -14,9 +14,9 @@
    default), "service_no_vector_cache" (``EDGEREC_CACHE_USER_VECTORS=false``: every request runs the
    encoder, so the figures do not rest on the user-vector cache) and, with ``--warm-variant``,
    "service_warmed" (``EDGEREC_WARM_CACHE=true``, measured once every user is warmed) and, with ``--explain``,
-   "service_explain" (``"explain": true``; on the "service" process, alternating with its plain runs for
-   ``--explain-rounds`` pairs on the same users, so ``explain_cost`` is the cost of explanations with the
-   cache and the machine's other load alike for both). Each run reports the
+   "service_explain" (``"explain": true``; on the "service" process, alternating with its plain runs in ABBA
+   order for ``--explain-rounds`` pairs, so ``explain_cost`` is the cost of explanations with the cache and
+   the machine's other load alike for both). Each run reports the
    service's own cache hit ratio, encoder-skipped ratio, batch size and stage times, and the load average.
 3. naive path: the same load against a plain FastAPI endpoint that runs the PyTorch model per request, scores
    every item and sorts them all (no cache, no batching, no ONNX, no FAISS).
@@ -417,8 +417,9 @@ def main() -> None:
     ap.add_argument(
         "--explain-rounds",
         type=int,
-        default=3,
-        help="with --explain: plain/explain pairs per concurrency level, --duration seconds each [3]",
+        default=4,
+        help="with --explain: plain/explain pairs per concurrency level (ABBA order; even is balanced), "
+        "--duration seconds each [4]",
     )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_bench.json")
     args = ap.parse_args()
@@ -526,14 +527,17 @@ def main() -> None:
                 run_wrk(base, users_file, args.concurrency[0], warmup, seed=1)
             for arm, _ in arms:
                 result[arm] = []
-            # Several arms alternate on one process (same users per round): drift of the cache and of the
-            # machine's other load falls on every arm alike.
+            # Several arms alternate on one process, in ABBA order (the cache fills as runs go: whichever arm
+            # ran second would find it warmer), each run with users of its own (a run must not find the users
+            # the run before it just cached): drift of the cache and of the machine's other load falls on
+            # every arm alike.
             rounds = args.explain_rounds if len(arms) > 1 else 1
             for c in args.concurrency:
                 for n in range(rounds):
-                    for arm, body in arms:
+                    for k, (arm, body) in enumerate(arms if n % 2 == 0 else arms[::-1]):
                         before, load0 = scrape(base), os.getloadavg()[0]
-                        r = run_wrk(base, users_file, c, args.duration, seed=c + 1000 * n, body=body)
+                        seed = c + 1000 * n + 100 * k
+                        r = run_wrk(base, users_file, c, args.duration, seed=seed, body=body)
                         r.update(delta_stats(before, scrape(base)), loadavg_1m=[load0, os.getloadavg()[0]])
                         if rounds > 1:
                             r["round"] = n
@@ -617,13 +621,13 @@ def print_summary(r: dict) -> None:
         print(
             f"explain c={row['concurrency']}: p50 {row['p50_change_pct']:+.1f} %, p99 "
             f"{row['p99_change_pct']:+.1f} %, throughput {row['rps_change_pct']:+.1f} % (median of "
-            f"{row['rounds']} rounds of service_explain against the service run before it, same process)"
+            f"{row['rounds']} rounds of service_explain against the adjacent service run, same process)"
         )
 
 
 def explain_cost(r: dict) -> list[dict]:
     """Per concurrency level, how much ``explain: true`` changed p50, p99 and throughput (percent): the
-    median over rounds of each round's explain run against the plain run just before it."""
+    median over rounds of each round's explain run against that round's plain run (adjacent in time)."""
     plain = {(row["concurrency"], row.get("round", 0)): row for row in r.get("service", [])}
     ratios: dict[int, list[dict]] = {}
     for row in r.get("service_explain", []):
