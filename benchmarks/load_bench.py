@@ -350,6 +350,9 @@ def swap_under_load(base: str, users_file: Path, c: int, target: str, window_s: 
         out["during"].append(window(8000 + len(out["during"])))
     th.join()
     out["swap_seconds"] = round(time.monotonic() - t0, 1)
+    m = scrape(base)  # the service's own account of the warm-up (absent before the cold-path change)
+    out["warmed_users"] = m.get("edgerec_swap_warmed_users")
+    out["warm_seconds"] = m.get("edgerec_swap_warm_seconds")
     out["reload"] = answer
     out["after"] = [window(9000 + n) for n in range(window_s // 2)]
     for key in ("before", "after"):
