@@ -24,7 +24,7 @@ from typing import Any
 
 import typer
 
-ITERATIVE = {"lightgcn", "multivae"}
+ITERATIVE = {"lightgcn", "multivae", "sasrec"}
 
 
 def _fail(message: str) -> typer.Exit:
@@ -140,7 +140,7 @@ def evaluate_cmd(
         show_default=False,
     ),
     seed: int = typer.Option(
-        0, "--seed", help="Random seed of the iterative baselines (LightGCN, Multi-VAE)."
+        0, "--seed", help="Random seed of the iterative baselines (LightGCN, Multi-VAE, SASRec)."
     ),
     split_seed: int = typer.Option(98765, "--split-seed", help="Split seed when DATASET is a raw source."),
     budget: float = typer.Option(

@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "ease": "training.evaluation.baselines.ease:EASE",
     "lightgcn": "training.evaluation.baselines.lightgcn:LightGCN",
     "multivae": "training.evaluation.baselines.multivae:MultiVAE",
+    "sasrec": "training.evaluation.baselines.sasrec:SASRec",
 }
 
 

@@ -54,6 +54,11 @@ class Recommender(ABC):
     def fit(self, train: sp.csr_matrix, valid: sp.csr_matrix | None = None, log=None) -> Recommender:
         """Fit on ``train``; iterative models early-stop on ``valid`` and report progress through ``log``."""
 
+    def fit_dataset(self, dataset, log=None) -> Recommender:
+        """Fit on a prepared dataset's train split (early-stopping on its valid split). Models that need more
+        than the train matrix (SASRec: the per-user order) override this; the harness always calls it."""
+        return self.fit(dataset.train, dataset.valid, log=log)
+
     @abstractmethod
     def score(self, users: np.ndarray) -> np.ndarray:
         """Scores ``[len(users), n_items]`` (float); the caller may modify the returned array in place."""
@@ -77,6 +82,17 @@ def validation_view(train: sp.csr_matrix, valid: sp.csr_matrix) -> SimpleNamespa
     """A dataset-like object for the harness when a model early-stops on validation inside ``fit``."""
     empty = sp.csr_matrix(train.shape, dtype=np.float32)
     return SimpleNamespace(train=train, valid=valid, test=empty)
+
+
+def sample_negatives(users: np.ndarray, n_items: int, seen_keys: np.ndarray, rng) -> np.ndarray:
+    """One uniform negative per row, resampled until it is not one of the user's train items."""
+    neg = rng.integers(0, n_items, size=len(users))
+    bad = np.flatnonzero(np.isin(users * n_items + neg, seen_keys, assume_unique=False))
+    while len(bad):
+        neg[bad] = rng.integers(0, n_items, size=len(bad))
+        still = np.isin(users[bad] * n_items + neg[bad], seen_keys)
+        bad = bad[still]
+    return neg
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -139,7 +155,7 @@ def select_and_test(
         params = {**(fixed or {}), **point}
         model = model_cls(**params)
         t0 = time.perf_counter()
-        model.fit(dataset.train, dataset.valid, log=log)
+        model.fit_dataset(dataset, log=log)
         fit_s = time.perf_counter() - t0
         valid = evaluate(model.score, dataset, "valid", DEFAULT_KS, DEFAULT_NDCG_KS, batch_size=batch_size)
         trial = TrialResult(model.params, valid, fit_s, dict(model.info))

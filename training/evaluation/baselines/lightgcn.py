@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from training.evaluation.baselines.base import Recommender
+from training.evaluation.baselines.base import Recommender, sample_negatives
 from training.evaluation.baselines.early_stopping import EarlyStopping
 
 
@@ -65,7 +65,7 @@ class LightGCN(Recommender):
             epoch += 1
             self.net.train()
             perm = rng.permutation(len(users_all))
-            neg = _sample_negatives(users_all[perm], n_items, seen, rng)
+            neg = sample_negatives(users_all[perm], n_items, seen, rng)
             for start in range(0, len(perm), bs):
                 sl = slice(start, start + bs)
                 u = torch.from_numpy(users_all[perm[sl]])
@@ -101,17 +101,6 @@ class LightGCN(Recommender):
         users_f, items_f = self._cache
         with torch.no_grad():
             return (users_f[torch.as_tensor(users, dtype=torch.long)] @ items_f.T).numpy()
-
-
-def _sample_negatives(users: np.ndarray, n_items: int, seen_keys: np.ndarray, rng) -> np.ndarray:
-    """One uniform negative per row, resampled until it is not one of the user's train items."""
-    neg = rng.integers(0, n_items, size=len(users))
-    bad = np.flatnonzero(np.isin(users * n_items + neg, seen_keys, assume_unique=False))
-    while len(bad):
-        neg[bad] = rng.integers(0, n_items, size=len(bad))
-        still = np.isin(users[bad] * n_items + neg[bad], seen_keys)
-        bad = bad[still]
-    return neg
 
 
 def _normalised_adjacency(x: sp.csr_matrix):
