@@ -279,9 +279,8 @@ def stop_process(p: subprocess.Popen) -> None:
 ADMIN_KEY = "loadbench-admin"
 
 
-def service_memory(pid: int) -> list[dict]:
-    """RSS and PSS (MiB) of the service's processes (uvicorn's and its workers'). PSS divides each shared
-    page among the processes that map it, so memory-mapped version files count once across workers."""
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (uvicorn's process and its workers)."""
     kids: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -292,7 +291,29 @@ def service_memory(pid: int) -> list[dict]:
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
+        out.append(p)
         todo += kids.get(p, [])
+    return out
+
+
+def service_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the service's processes have used so far. Per request, it is the cost of a
+    request whatever else the machine runs (latency on a shared machine is mostly other people's load)."""
+    ticks = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def service_memory(pid: int) -> list[dict]:
+    """RSS and PSS (MiB) of the service's processes (uvicorn's and its workers'). PSS divides each shared
+    page among the processes that map it, so memory-mapped version files count once across workers."""
+    out = []
+    for p in process_tree(pid):
         try:
             roll = Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()
             cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
@@ -538,10 +559,12 @@ def main() -> None:
             for c in args.concurrency:
                 for n in range(rounds):
                     for k, (arm, body) in enumerate(arms if n % 2 == 0 else arms[::-1]):
-                        before, load0 = scrape(base), os.getloadavg()[0]
+                        before, load0, cpu0 = scrape(base), os.getloadavg()[0], service_cpu_seconds(svc.pid)
                         seed = c + 1000 * n + 100 * k
                         r = run_wrk(base, users_file, c, args.duration, seed=seed, body=body)
+                        cpu = service_cpu_seconds(svc.pid) - cpu0
                         r.update(delta_stats(before, scrape(base)), loadavg_1m=[load0, os.getloadavg()[0]])
+                        r["service_cpu_ms_per_request"] = round(1000 * cpu / max(r["requests"], 1), 3)
                         if rounds > 1:
                             r["round"] = n
                         result[arm].append(r)
@@ -615,6 +638,8 @@ def print_summary(r: dict) -> None:
             msg = f"{name}: p99 {row['p99_ms']:.1f} ms, errors {row['errors']}"
             msg += f", cache hits {row['cache_hit_ratio']}, encoder skipped {row['encoder_skipped_ratio']}"
             msg += f", load average {row['loadavg_1m'][0]:.1f}-{row['loadavg_1m'][1]:.1f}"
+            if "service_cpu_ms_per_request" in row:
+                msg += f", service CPU {row['service_cpu_ms_per_request']:.2f} ms per request"
             if c in nav and nav[c]["rps"]:
                 msg += f", {row['rps'] / nav[c]['rps']:.1f}x naive throughput"
             if floor:
@@ -623,8 +648,9 @@ def print_summary(r: dict) -> None:
     for row in r.get("explain_cost", []):
         print(
             f"explain c={row['concurrency']}: p50 {row['p50_change_pct']:+.1f} %, p99 "
-            f"{row['p99_change_pct']:+.1f} %, throughput {row['rps_change_pct']:+.1f} % (median of "
-            f"{row['rounds']} rounds of service_explain against the adjacent service run, same process)"
+            f"{row['p99_change_pct']:+.1f} %, throughput {row['rps_change_pct']:+.1f} %, service CPU per "
+            f"request {row.get('service_cpu_change_pct', float('nan')):+.1f} % (median of {row['rounds']} "
+            "rounds of service_explain against the adjacent service run, same process)"
         )
 
 
@@ -635,15 +661,19 @@ def explain_cost(r: dict) -> list[dict]:
     ratios: dict[int, list[dict]] = {}
     for row in r.get("service_explain", []):
         base = plain.get((row["concurrency"], row.get("round", 0)))
-        if base and all(base[k] for k in ("p50_ms", "p99_ms", "rps")):
-            ratios.setdefault(row["concurrency"], []).append(
-                {k: row[k] / base[k] - 1 for k in ("p50_ms", "p99_ms", "rps")}
-            )
+        keys = [k for k in ("p50_ms", "p99_ms", "rps", "service_cpu_ms_per_request") if k in row]
+        if base and all(base.get(k) for k in keys):
+            ratios.setdefault(row["concurrency"], []).append({k: row[k] / base[k] - 1 for k in keys})
     return [
         {
             "concurrency": c,
             "rounds": len(rs),
-            **{f"{k[:3]}_change_pct": round(100 * float(np.median([x[k] for x in rs])), 1) for k in rs[0]},
+            **{
+                f"{k.removesuffix('_ms').removesuffix('_ms_per_request')}_change_pct": round(
+                    100 * float(np.median([x[k] for x in rs])), 1
+                )
+                for k in rs[0]
+            },
         }
         for c, rs in ratios.items()
     ]
