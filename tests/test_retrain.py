@@ -13,6 +13,7 @@ import asyncio
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from shared_data import office_users
 from edgerec.retrain import FAIL_ENV, InjectedFailure, load_checkpoint, retrain
 from model_store import ModelStore
 from service.cache import Cache
+from service.metrics import RETRAIN_STATUS_FILE
 from service.redis_conn import make_client
 from training.data.dataset import PreparedDataset
 
@@ -217,3 +219,91 @@ def test_retrain_gate_refuses_a_worse_candidate(env):
     assert store.manifest(res.version).extra["retrain"]["gate"]["passed"] is False
     assert load_checkpoint(env["root"] / "retrain").version == res.version  # learned from, not lost
     assert np.isfinite(gate["served"]["recall@20"])
+
+
+def test_retrain_gate_needs_a_minimum_holdout_unless_forced(env):
+    store = ModelStore(env["root"])
+    served = store.current()
+    write(env["url"], env["prefix"], new_traffic(env["tiny"], 8))
+    small = run(env, tolerance=1.0, min_holdout=50)  # any score passes tolerance 1.0: only the size decides
+    gate = small.gate
+    assert 0 < gate["holdout"] < 50 and gate["too_small"] and not gate["passed"]
+    assert small.status == "published" and "holdout too small" in small.message
+    assert store.current() == served
+    write(env["url"], env["prefix"], new_traffic(env["tiny"], 8, start=8))
+    forced = run(env, tolerance=1.0, min_holdout=50, force_promote=True)
+    assert not forced.gate["passed"] and forced.status == "promoted" and "--force-promote" in forced.message
+    assert store.current() == forced.version
+    extra = store.manifest(forced.version).extra["retrain"]
+    assert extra["forced"] is True and extra["promote"] is True
+
+
+def _scrape(url: str) -> dict[str, float]:
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("edgerec_retrain_last_"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_retrain_prunes_snapshots_and_its_status_reaches_metrics_over_http(env):
+    from service_support import ServerThread
+
+    from service.config import Settings
+    from service.main import create_app
+
+    store = ModelStore(env["root"])
+    snaps = env["root"] / "retrain" / "snapshots"
+    settings = Settings(
+        home=env["root"].parent / "home", model_store=env["root"], redis_url=env["url"],
+        redis_prefix=env["prefix"], stream_shards=SHARDS, model_poll_s=0,
+    )  # fmt: skip
+    with ServerThread(create_app(settings)) as srv:
+        assert _scrape(srv.url) == {}  # no retrain yet: no series (an absence alert fires)
+
+        a = new_traffic(env["tiny"], 10)
+        write(env["url"], env["prefix"], a)
+        first = run(env, tolerance=1.0, keep_snapshots=1)
+        assert first.status == "promoted"
+        b = new_traffic(env["tiny"], 8, start=10)
+        write(env["url"], env["prefix"], b)
+        t0 = time.time()
+        refused = run(env, min_holdout=10_000, keep_snapshots=1)  # published, not promoted
+        # keep 1, but the served version's snapshot stays beside the next retrain's base
+        kept = {p.name for p in snaps.iterdir()}
+        assert kept == {
+            Path(store.manifest(v).extra["retrain"]["dataset_dir"]).name
+            for v in (first.version, refused.version)
+        }
+        status = json.loads((env["root"] / RETRAIN_STATUS_FILE).read_text())
+        assert status["status"] == "published" and status["version"] == refused.version
+        assert status["stream"]["interactions"] == interactions(b)
+        m = _scrape(srv.url)
+        assert m["edgerec_retrain_last_interactions"] == interactions(b)
+        assert m["edgerec_retrain_last_gate_promoted"] == 0 and m["edgerec_retrain_last_gate_passed"] == 0
+        assert m["edgerec_retrain_last_success"] == 1
+        assert t0 <= m["edgerec_retrain_last_timestamp_seconds"] <= time.time()
+        assert m["edgerec_retrain_last_new_users"] == len({u for u, _ in b})
+        assert m["edgerec_retrain_last_holdout"] == refused.snapshot["holdout"]
+        assert m['edgerec_retrain_last_gate_score{model="served"}'] == refused.gate["served"]["recall@20"]
+        assert (
+            m['edgerec_retrain_last_gate_score{model="candidate"}'] == refused.gate["candidate"]["recall@20"]
+        )
+        assert m[
+            f'edgerec_retrain_last_info{{metric="recall@20",status="published",version="{refused.version}"}}'
+        ]
+
+        c = new_traffic(env["tiny"], 6, start=18)
+        write(env["url"], env["prefix"], c)
+        last = run(env, tolerance=1.0, keep_snapshots=1)
+        assert last.status == "promoted"
+        assert [p.name for p in snaps.iterdir()] == [
+            Path(store.manifest(last.version).extra["retrain"]["dataset_dir"]).name
+        ]
+        m = _scrape(srv.url)  # the changed file is read again at the next scrape
+        assert m["edgerec_retrain_last_interactions"] == interactions(c)
+        assert m["edgerec_retrain_last_gate_promoted"] == 1
