@@ -50,8 +50,9 @@ def build_document(
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
         },
-        "protocol": "full ranking; train items masked (valid and test); mean over users with held-out "
-        "items; hyper-parameters and epochs chosen on valid R@20+R@40+N@100; test evaluated once",
+        "protocol": "full ranking over all items; only train items masked, for validation and for test "
+        "(validation items stay rankable at test); mean over users with held-out items; hyper-parameters "
+        "and epochs chosen on valid R@20+R@40+N@100; test evaluated once",
         "rows": rows,
     }
 
