@@ -252,9 +252,11 @@ def base_dataset(store, version: str, dataset: str | None):
     folder = store.path(version)
     info = json.loads((folder / EXPORT_INFO_FILE).read_text())
     recorded = store.manifest(version).extra.get("retrain", {}).get("dataset_dir")
-    candidates = [dataset] if dataset else []
-    if recorded:
-        candidates.append(recorded)
+    # the snapshot a retrained version learned from, then --dataset (a prepared folder, or the raw source
+    # the first version was prepared from with default settings: prepared again in memory)
+    candidates = [recorded] if recorded else []
+    if dataset:
+        candidates.append(dataset)
     run_cfg = Path(info.get("run_dir", "")) / "train_config.json"
     if info.get("run_dir") and run_cfg.is_file():
         candidates.append(json.loads(run_cfg.read_text())["dataset"])
@@ -278,10 +280,11 @@ def base_dataset(store, version: str, dataset: str | None):
 def lineage_dataset(store, served: str, ck: Checkpoint, dataset: str | None, echo):
     """The dataset the new snapshot extends: the snapshot of the last retrain (the checkpoint's version),
     promoted or not, so that what a gate refused is still learned from by the next retrain; else (no retrain
-    yet, or the served version is not its ancestor) the served version's own dataset."""
+    yet, or the served version is not its ancestor) the served version's own dataset (``--dataset`` is only
+    a way to find that one)."""
     from training.data.dataset import PreparedDataset
 
-    if ck.version and not dataset:
+    if ck.version:
         try:
             snap_dir = store.manifest(ck.version).extra["retrain"]["dataset_dir"]
             data = PreparedDataset.load(snap_dir)
@@ -434,6 +437,7 @@ class Ranks:
         plan = self._broadcast(None)
         if plan is None:
             loop.teardown(self.dist)
+            echo(f"rank {rank}: nothing to train")
             return RetrainResult("follower", f"rank {rank}: nothing to train")
         warm_train(**plan)
         echo(f"rank {rank}: fine-tune done; rank 0 exports, gates and publishes")
@@ -698,7 +702,10 @@ def retrain_cmd(
         None, "--state-dir", help="Checkpoint, snapshots (default: <store>/retrain).", show_default=False
     ),
     dataset: str | None = typer.Option(
-        None, "--dataset", help="The served version's prepared dataset, when it cannot be found by itself."
+        None,
+        "--dataset",
+        help="The first version's dataset when it cannot be found by itself: its prepared folder, or the raw "
+        "source it was prepared from with the default settings (fingerprint-checked).",
     ),
     epochs: int = typer.Option(2, "--epochs", min=1, help="Fine-tuning epochs of the warm start."),
     tolerance: float = typer.Option(
