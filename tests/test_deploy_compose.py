@@ -143,3 +143,26 @@ def test_every_host_side_variable_is_documented(compose):
         assert f"| `{name}`" in doc or f"`{name}` /" in doc or f"/ `{name}`" in doc, (
             f"{name} not in docs/deploy.md"
         )
+
+
+def test_retrain_profile_reads_the_apis_redis_and_writes_the_shared_store(compose):
+    services = compose["services"]
+    retrain, api, trainer = services["retrain"], services["api"], services["trainer"]
+    assert retrain["profiles"] == ["retrain"]  # `docker compose up` never starts it
+    assert retrain["entrypoint"][:2] == ["edgerec", "retrain"]  # flags after `run --rm retrain` are appended
+    assert "command" not in retrain
+    assert retrain["restart"] == "no"  # one-shot: scheduled from outside (cron), never a restart loop
+    assert retrain["image"] == api["image"] and retrain["build"] == api["build"]
+    assert retrain["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    # the same Redis (and prefix: unset in both, so the default) the api writes the stream to
+    assert retrain["environment"]["EDGEREC_REDIS_URL"] == api["environment"]["EDGEREC_REDIS_URL"]
+    assert "EDGEREC_REDIS_PREFIX" not in retrain["environment"] | api["environment"]
+    assert retrain["environment"]["EDGEREC_MODEL_STORE"] == STORE
+    (store,) = [v for v in retrain["volumes"] if v["target"] == STORE]
+    assert store["source"] == "models" and not store.get("read_only")  # publishes and promotes
+    # --dataset names the folder the trainer prepared the first version from
+    (src,) = [v for v in retrain["volumes"] if v["type"] == "bind"]
+    (trainer_src,) = [v for v in trainer["volumes"] if v["type"] == "bind"]
+    assert src == trainer_src
+    args = retrain["entrypoint"]
+    assert args[args.index("--dataset") + 1] == src["target"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import copy
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu", "retrain-multinode")
 # Oldest Kubernetes minor we claim to support, and the newest the installed schemas know.
 K8S_VERSIONS = ("1.30.0", "latest")
 POD_OWNERS = ("Deployment", "StatefulSet", "Job", "DaemonSet", "CronJob")
@@ -62,6 +63,8 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["metadata"].get("labels", {})
     return obj["spec"]["template"]["metadata"].get("labels", {})
 
 
@@ -87,6 +90,7 @@ def test_overlays_render_every_expected_object(overlay):
         ("PersistentVolumeClaim", "edgerec-models"),
         ("PersistentVolumeClaim", "edgerec-source"),
         ("Job", "edgerec-train"),
+        ("CronJob", "edgerec-retrain"),
     ]:
         assert expected in kinds, f"overlay {name}: {expected} missing"
     # The service ConfigMap and the Secret are generated with a content hash, so a change rolls the API pods.
@@ -151,7 +155,7 @@ def check_hardened_and_sized(where: str, spec: dict[str, Any]) -> None:
 def test_every_pod_is_hardened_and_sized(overlay):
     name, docs = overlay
     owners = [d for d in docs if d["kind"] in POD_OWNERS]
-    assert len(owners) == 3
+    assert len(owners) == 4
     for obj in owners:
         check_hardened_and_sized(f"{name}: {obj['kind']}/{obj['metadata']['name']}", pod_spec(obj))
 
@@ -300,7 +304,9 @@ def test_networkpolicy_lets_only_the_api_reach_redis(overlay):
     assert all(set(p) == {"podSelector"} for rule in pol["spec"]["ingress"] for p in rule["from"])
     api_labels = pod_labels(one(docs, "Deployment", "edgerec-api"))
     job_labels = pod_labels(one(docs, "Job", "edgerec-train"))
+    retrain_labels = pod_labels(one(docs, "CronJob", "edgerec-retrain"))
     assert any(selects(sel, api_labels) for sel in allowed)
+    assert any(selects(sel, retrain_labels) for sel in allowed)  # the retrain reads the stream
     assert not any(selects(sel, job_labels) for sel in allowed)  # the trainer does not use Redis
     assert not any(selects(sel, redis_labels) for sel in allowed)
 
@@ -331,11 +337,119 @@ def test_training_job_fills_the_model_volume_with_the_same_image(overlay):
     assert config["data"]["EDGEREC_MODEL_STORE"] == store
 
 
+def test_retrain_cronjob_runs_one_retrain_at_a_time_with_the_trainers_image_and_volumes(overlay):
+    name, docs = overlay
+    cron = one(docs, "CronJob", "edgerec-retrain")
+    spec = cron["spec"]
+    assert (
+        spec["concurrencyPolicy"] == "Forbid"
+    )  # one retrain at a time (the lock in the store is the backstop)
+    assert 1 <= spec["successfulJobsHistoryLimit"] <= 5 and 1 <= spec["failedJobsHistoryLimit"] <= 5
+    assert len(spec["schedule"].split()) == 5 and spec.get("startingDeadlineSeconds", 0) > 0
+    job = spec["jobTemplate"]["spec"]
+    assert job["activeDeadlineSeconds"] > 0  # a hung retrain does not block every later slot
+    assert pod_spec(cron)["restartPolicy"] == "Never"
+    (retrain,) = pod_spec(cron)["containers"]
+    (trainer,) = pod_spec(one(docs, "Job", "edgerec-train"))["containers"]
+    assert retrain["image"] == trainer["image"]
+    argv = retrain.get("command", []) + retrain["args"]
+    assert "retrain" in argv and argv[argv.index("--dataset") + 1] == "/data/source"
+    if name != "retrain-multinode":
+        assert argv[0] == "retrain" and "command" not in retrain  # the image's entry point is `edgerec`
+    # the same store claim, the same source claim and mount paths as the training Job; the store writable
+    mounts = {m["mountPath"]: m for m in retrain["volumeMounts"]}
+    assert mounts.keys() == {m["mountPath"] for m in trainer["volumeMounts"]}
+    assert not mounts["/var/lib/edgerec/models"].get("readOnly") and mounts["/data/source"]["readOnly"]
+
+    def claims(spec: dict[str, Any]) -> dict[str, str]:
+        return {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in spec["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+
+    assert claims(pod_spec(cron)) == claims(pod_spec(one(docs, "Job", "edgerec-train")))
+    # the API's Redis (URL with the password from the Secret) and the API's settings (prefix, store path)
+    (api,) = pod_spec(one(docs, "Deployment", "edgerec-api"))["containers"]
+    env = {e["name"]: e for e in retrain["env"]}
+    api_env = {e["name"]: e for e in api["env"]}
+    assert env["EDGEREC_REDIS_URL"] == api_env["EDGEREC_REDIS_URL"]
+    assert env["REDIS_PASSWORD"] == api_env["REDIS_PASSWORD"]
+    assert retrain["envFrom"] == api["envFrom"]
+
+
+def test_every_variable_reference_in_a_container_is_defined(overlay):
+    """$(VAR) in args and command takes VAR from the container's env; in an env value, only from variables
+    listed before it. An undefined one is passed on literally (a torchrun rank "$(JOB_COMPLETION_INDEX)")."""
+    name, docs = overlay
+    for obj in (d for d in docs if d["kind"] in POD_OWNERS):
+        for c in pod_spec(obj)["containers"]:
+            where = f"{name}: {obj['kind']}/{obj['metadata']['name']} {c['name']}"
+            names = [e["name"] for e in c.get("env", [])]
+            for k, e in enumerate(c.get("env", [])):
+                for ref in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", e.get("value", "")):
+                    assert ref in names[:k], f"{where}: {e['name']} uses $({ref}) before it is defined"
+            for arg in c.get("command", []) + c.get("args", []):
+                for ref in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", arg):
+                    assert ref in names, f"{where}: {arg!r} uses undefined $({ref})"
+
+
+def test_multinode_overlay_runs_the_retrain_as_an_indexed_torchrun():
+    docs = kustomize_build(ROOT / "k8s" / "overlays" / "retrain-multinode")
+    cron = one(docs, "CronJob", "edgerec-retrain")
+    job = cron["spec"]["jobTemplate"]["spec"]
+    spec = pod_spec(cron)
+    (c,) = spec["containers"]
+    argv = c["command"] + c["args"]
+    assert argv[0] == "torchrun" and argv[argv.index("-m") + 1 : argv.index("-m") + 3] == [
+        "edgerec.cli",
+        "retrain",
+    ]
+    flags = dict(a.split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+    nnodes = int(flags["--nnodes"])
+    assert (
+        nnodes >= 2
+        and job["completionMode"] == "Indexed"
+        and job["completions"] == job["parallelism"] == nnodes
+    )
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    # node rank = the pod's completion index; rank 0's pod is the rendezvous, reached via the headless Service
+    assert flags["--node-rank"] == "$(JOB_COMPLETION_INDEX)"
+    env = {e["name"]: e for e in c["env"]}
+    index = env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert index == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert (
+        env["JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.labels['batch.kubernetes.io/job-name']"
+    )
+    assert flags["--master-addr"] == "$(MASTER_ADDR)"
+    assert env["MASTER_ADDR"]["value"] == f"$(JOB_NAME)-0.{spec['subdomain']}"
+    svc = one(docs, "Service", spec["subdomain"])
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert selects(svc["spec"]["selector"], pod_labels(cron))
+    port = int(flags["--master-port"])
+    assert port in {p["port"] for p in svc["spec"]["ports"]}
+    assert port in {p["containerPort"] for p in c["ports"]}
+    # one process per node, one GPU each; the store every rank reads is shared between nodes
+    assert int(flags["--nproc-per-node"]) == c["resources"]["limits"]["nvidia.com/gpu"]
+    assert "ReadWriteMany" in one(docs, "PersistentVolumeClaim", "edgerec-models")["spec"]["accessModes"]
+    # only the retrain differs from the GPU deployment
+    gpu = kustomize_build(ROOT / "k8s" / "overlays" / "gpu")
+    strip = {("CronJob", "edgerec-retrain"), ("Service", spec["subdomain"])}
+    assert [d for d in docs if (d["kind"], d["metadata"]["name"]) not in strip] == [
+        d for d in gpu if (d["kind"], d["metadata"]["name"]) not in strip
+    ]
+
+
 # ---------------------------------------------------------------- overlays
 def test_cpu_and_gpu_overlays_differ_where_they_should():
     cpu = kustomize_build(ROOT / "k8s" / "overlays" / "cpu")
     gpu = kustomize_build(ROOT / "k8s" / "overlays" / "gpu")
-    for kind, name in (("Deployment", "edgerec-api"), ("Job", "edgerec-train")):
+    for kind, name in (
+        ("Deployment", "edgerec-api"),
+        ("Job", "edgerec-train"),
+        ("CronJob", "edgerec-retrain"),
+    ):
         c_spec, g_spec = pod_spec(one(cpu, kind, name)), pod_spec(one(gpu, kind, name))
         assert c_spec["containers"][0]["image"].endswith(":cpu")
         assert g_spec["containers"][0]["image"].endswith(":gpu")
