@@ -39,37 +39,34 @@ def _row_entries(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> t
     return owner, indices[pos].astype(np.int64)
 
 
-def _members(sorted_ids: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(whether each of ``x`` is in ``sorted_ids``, its position there where it is)."""
-    if sorted_ids.size == 0:
-        return np.zeros(x.size, dtype=bool), np.zeros(x.size, dtype=np.int64)
-    at = np.minimum(np.searchsorted(sorted_ids, x), sorted_ids.size - 1)
-    return sorted_ids[at] == x, at
-
-
 def co_occurrence(
-    graph: BipartiteGraph, history: np.ndarray, items: np.ndarray, user: int | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``[len(history), len(items)]`` counts: train users other than ``user`` who chose both
-    ``history[h]`` and ``items[c]``; then, per item, its users (sorted, unique) and which of them chose it.
+    graph: BipartiteGraph, history: np.ndarray, items: np.ndarray, user: int | None, co_users: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``[len(history), len(items)]`` counts of train users other than ``user`` who chose both
+    ``history[h]`` and ``items[c]``, and per item how many of ``co_users`` chose it.
 
     Only users who chose one of ``items`` can count, so both sides become 0/1 matrices over those users
-    alone and one small matrix product gives every count."""
+    alone (row / column 0 stands for everyone else and stays 0) and one small matrix product gives every
+    count."""
     iu = graph.iu
     c_own, c_users = _row_entries(iu.indptr, iu.indices, items)
-    h_own, h_users = _row_entries(iu.indptr, iu.indices, history)
     users, col = np.unique(c_users, return_inverse=True)
-    hit, at = _members(users, h_users)
+    # Each user's row (0: none of them), looked up directly: cheaper than a search per history entry, and
+    # np.zeros costs no more than the pages it touches on big graphs.
+    row = np.zeros(graph.n_users, dtype=np.int64)
+    row[users] = np.arange(1, users.size + 1)
+    chose_item = np.zeros((users.size + 1, items.size), dtype=np.float32)
+    chose_item[col + 1, c_own] = 1.0
+    chose = chose_item[row[co_users]].sum(axis=0)
     if user is not None:
-        hit &= h_users != user  # the user's own train row never counts, as in the prompt's neighbourhood
-    chose_item = np.zeros((users.size, items.size), dtype=np.float32)
-    chose_item[col, c_own] = 1.0
-    chose_hist = np.zeros((history.size, users.size), dtype=np.float32)
-    chose_hist[h_own[hit], at[hit]] = 1.0
+        row[user] = 0  # the user's own train row never counts, as in the prompt's neighbourhood
+    h_own, h_users = _row_entries(iu.indptr, iu.indices, history)
+    chose_hist = np.zeros((history.size, users.size + 1), dtype=np.float32)
+    chose_hist[h_own, row[h_users]] = 1.0
     # float32 sums of 0/1 are exact up to 2**24 users
     counts = (chose_hist @ chose_item).astype(np.int64)
     counts[history[:, None] == items[None, :]] = 0  # with exclude_seen off an item is no reason for itself
-    return counts, users, chose_item
+    return counts, chose
 
 
 def _strongest(counts: np.ndarray, limit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,10 +100,7 @@ def graph_reasons(
     if known.size == 0 or history.size == 0 or limit <= 0:
         return out
     cand = items[known]
-    counts, users, chose_item = co_occurrence(graph, history, cand, user)
-    # co-users who chose each item: the item's users among the prompt's second-order users
-    is_co, _ = _members(np.sort(co_users), users)
-    chose = is_co.astype(np.float32) @ chose_item
+    counts, chose = co_occurrence(graph, history, cand, user, co_users)
     c_pos, h_pos = _strongest(counts, limit - (chose > 0))
     n = counts[h_pos, c_pos]
     strength = graph.two_hop_weight(cand[c_pos], n, item_norm)
