@@ -331,6 +331,16 @@ def service_memory(pid: int) -> list[dict]:
     return out
 
 
+def flush_redis(port: int, timeout_s: float = 30.0) -> None:
+    """Empty the bench's own redis-server (waiting for it to accept connections): every run starts cold."""
+    deadline = time.monotonic() + timeout_s
+    cmd = ["redis-cli", "-p", str(port), "FLUSHALL"]
+    while subprocess.run(cmd, capture_output=True, text=True).stdout.strip() != "OK":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"redis-server on port {port} did not answer FLUSHALL")
+        time.sleep(0.2)
+
+
 def effective_config(env: dict, root: Path) -> dict:
     """The service's settings as its own code reads them from ``env`` (log level included)."""
     code = "from service.config import Settings; print(Settings().model_dump_json())"
@@ -533,7 +543,7 @@ def main() -> None:
             workers = extra_env.pop("_workers", args.workers[0])
             env.update(extra_env, EDGEREC_REDIS_PREFIX=f"loadbench{port}")  # a fresh, empty cache
             env["EDGEREC_WORKERS"] = str(workers)
-            subprocess.run(["redis-cli", "-p", str(redis_port), "FLUSHALL"], check=True, capture_output=True)
+            flush_redis(redis_port)
             result["config"][label] = effective_config(env, args.service_root)
             cmd = uvicorn_cmd("service.main:create_app", port, ["--workers", str(workers)])
             svc = start_process(cmd, env, work / f"{label}.log", cwd=args.service_root)
