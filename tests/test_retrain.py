@@ -307,3 +307,29 @@ def test_retrain_prunes_snapshots_and_its_status_reaches_metrics_over_http(env):
         m = _scrape(srv.url)  # the changed file is read again at the next scrape
         assert m["edgerec_retrain_last_interactions"] == interactions(c)
         assert m["edgerec_retrain_last_gate_promoted"] == 1
+
+
+def test_retrain_snapshot_gives_new_items_their_catalogue_text():
+    from training.data.dataset import RawInteractions, prepare
+    from training.data.snapshot import Event, merge
+
+    users = [f"u{k}" for k in range(6) for _ in range(3)]
+    items = [f"i{(k + j) % 5}" for k in range(6) for j in range(3)]
+    raw = RawInteractions(users, items, item_text={f"i{k}": {"title": f"Old {k}"} for k in range(5)})
+    base = prepare(raw, "toy", rating_threshold=None, k_core=1)
+    events = [Event("u0", "new-a", 0), Event("u1", "new-b", 1), Event("u9", "i1", 2)]
+    catalogue = {
+        "new-a": {"title": "A lamp", "brand": "Acme", "categories": ["Home", "Light"], "description": None},
+        "i1": {"title": "Renamed", "available": True},  # a known item keeps its training text
+        "other": {"title": "Not yet chosen by anyone"},
+    }
+    snap = merge(base, events, catalogue=catalogue)
+    text = snap.data.item_text
+    idx = snap.data.item_index()
+    assert text["title"][idx["new-a"]] == "A lamp" and text["brand"][idx["new-a"]] == "Acme"
+    assert text["categories"][idx["new-a"]] == "Home, Light"
+    assert text["title"][idx["new-b"]] == "" and text["brand"][idx["i1"]] == ""  # no record; new column
+    assert [text["title"][idx[f"i{k}"]] for k in range(5)] == [f"Old {k}" for k in range(5)]
+    assert "other" not in idx  # catalogue items without interactions are not in the snapshot
+    assert snap.stats["new_items"] == 2 and snap.stats["new_items_with_text"] == 1
+    assert merge(base, events).data.item_text.keys() == {"title"}  # no catalogue: as before

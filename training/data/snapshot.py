@@ -11,11 +11,14 @@ stay where they are) and appends new users and new items after them, in sorted r
   occurs in train for someone else (an item no model has seen cannot be ranked by either). Neither the served
   version nor the candidate trains on it; the promotion gate scores both on it, and the next snapshot folds it
   into train, so every interaction is learned from exactly once.
+
+Item text: known items keep theirs; a new item takes its title, brand, categories and description from the
+``catalogue`` (``service.catalogue.read_catalogue``'s records) when it has a record there, else empty text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,10 +44,19 @@ class Snapshot:
     stats: dict
 
 
+# The catalogue record fields that are item text (as inference.item_text.TEXT_FIELDS).
+CATALOGUE_TEXT_FIELDS = ("title", "brand", "categories", "description")
+
+
 def merge(
-    base: PreparedDataset, events: Sequence[Event], name: str | None = None, holdout: bool = True
+    base: PreparedDataset,
+    events: Sequence[Event],
+    name: str | None = None,
+    holdout: bool = True,
+    catalogue: Mapping[str, Mapping] | None = None,
 ) -> Snapshot:
-    """The new snapshot (see the module docstring); ``holdout=False`` trains on every new interaction."""
+    """The new snapshot (see the module docstring); ``holdout=False`` trains on every new interaction;
+    ``catalogue`` (item id -> record) gives new items their text."""
     u_index, i_index = base.user_index(), base.item_index()
     new_users = sorted({e.user for e in events} - set(u_index))
     new_items = sorted({e.item for e in events} - set(i_index))
@@ -86,7 +98,7 @@ def merge(
     train_pairs = [p for p in fresh if p not in held]
     train = _matrix(old, train_pairs, shape)
     test = _matrix(sp.csr_matrix(shape, dtype=np.float32), sorted(held), shape)
-    item_text = {f: list(v) + [""] * len(new_items) for f, v in base.item_text.items()}
+    item_text, from_catalogue = _item_text(base.item_text, len(base.item_ids), new_items, catalogue or {})
     split = {
         "kind": "retrain",
         "base_fingerprint": base.fingerprint,
@@ -116,6 +128,7 @@ def merge(
         "holdout": len(held),
         "new_users": len(new_users),
         "new_items": len(new_items),
+        "new_items_with_text": from_catalogue,
         "train": int(train.nnz),
     }
     return Snapshot(data, len(base.user_ids), len(base.item_ids), stats)
@@ -129,3 +142,25 @@ def _matrix(old: sp.csr_matrix, pairs: list[tuple[int, int]], shape: tuple[int, 
     m.sum_duplicates()
     m.data[:] = 1
     return m
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):  # categories may come as a list
+        return ", ".join(str(v).strip() for v in value if str(v).strip())
+    return str(value).strip()
+
+
+def _item_text(
+    base_text: Mapping[str, list[str]], n_base: int, new_items: list[str], catalogue: Mapping[str, Mapping]
+) -> tuple[dict[str, list[str]], int]:
+    """The base's text columns extended by the new items' catalogue text (a text field only the catalogue
+    has gets a column, empty for the base's items); and how many new items had a catalogue record."""
+    records = [catalogue.get(it) or {} for it in new_items]
+    fields = set(base_text) | {f for r in records for f in CATALOGUE_TEXT_FIELDS if _text(r.get(f))}
+    text = {}
+    for f in sorted(fields):
+        old = list(base_text.get(f, [""] * n_base))
+        text[f] = old + [_text(r.get(f)) for r in records]
+    return text, sum(1 for r in records if r)
