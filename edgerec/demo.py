@@ -6,6 +6,7 @@ package, not in ``service``."""
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import threading
 import time
@@ -106,6 +107,7 @@ def demo(
 ) -> None:
     """End to end in one command: train and promote a small model if none is promoted, serve it, ask it."""
     import httpx
+    from pydantic import SecretStr
     from rich.console import Console
     from rich.table import Table
 
@@ -117,6 +119,8 @@ def demo(
     console = Console()
     t0 = time.perf_counter()
     settings = Settings(log_level=os.environ.get("EDGEREC_LOG_LEVEL", "WARNING"))
+    if settings.admin_api_key is None:  # the demo adds an item to the catalogue, which takes the admin key
+        settings.admin_api_key = SecretStr(secrets.token_urlsafe(16))
     store = ModelStore(settings.store_root)
     try:
         if retrain:
@@ -153,6 +157,7 @@ def demo(
             _print_recs(console, Table, f"after {user} interacted with {first}", after)
             why = http.post(f"/recommend/{user}", json={"k": 1, "explain": True}).json()
             _print_reasons(console, why["items"][0])
+            _show_new_item(console, http, settings.admin_api_key.get_secret_value(), user, first)
             cold = http.post("/recommend/new-visitor-1", json={"k": 5, "recent_items": [first]}).json()
             _print_recs(console, Table, f"unknown user with recent_items=[{first}]", cold)
         console.print(
@@ -167,6 +172,24 @@ def demo(
         pass
     finally:
         server.stop()
+
+
+def _show_new_item(console, http, admin_key: str, user: str, like: str) -> None:
+    """Add an item to the catalogue with the text of ``like`` and show where it lands in the user's answer
+    (no new version: its vector comes from the version's text model)."""
+    known = http.get(f"/items/{like}").json()
+    text = {f: known["fields"][f] for f in ("brand", "categories", "description") if f in known["fields"]}
+    body = {"title": f"New: {known['title'] or like}", **text}
+    added = http.put("/items/demo-new-item", json=body, headers={"X-API-Key": admin_key}).json()
+    why_not = "" if added["recommendable"] else f" ({added['reason']})"
+    console.print(
+        f"[bold]catalogue[/]: added demo-new-item ({body['title'][:50]}), text like {like}; "
+        f"recommendable: {added['recommendable']}{why_not}"
+    )
+    answer = http.post(f"/recommend/{user}", json={"k": 100}).json()
+    rank = next((n for n, it in enumerate(answer["items"], 1) if it["id"] == "demo-new-item"), None)
+    where = f"#{rank} of user {user}'s top 100" if rank else f"not in user {user}'s top 100"
+    console.print(f"  demo-new-item is {where}, served by the same version {answer['model_version']}")
 
 
 def _some_user(store, version: str) -> str:

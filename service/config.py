@@ -134,7 +134,7 @@ class Settings(BaseSettings):
 
     api_key: SecretStr | None = Field(None, description="If set, every request must send it as X-API-Key.")
     admin_api_key: SecretStr | None = Field(
-        None, description="Key for /admin/* (X-API-Key). Unset: admin endpoints answer 403."
+        None, description="Key for /admin/* and PUT/DELETE /items (X-API-Key). Unset: those answer 403."
     )
     auth_exempt_probes: bool = Field(
         True, description="Let /healthz and /readyz through without an API key (for kubelet probes)."
@@ -156,6 +156,12 @@ class Settings(BaseSettings):
         le=1024,
         description="Shards of the interaction stream ({prefix}:interactions:{s<k>}); a user's keys share "
         "their shard's Redis Cluster slot. Fixed for a deployment's data (a change orphans live histories).",
+    )
+    catalogue_refresh_ms: int = Field(
+        500,
+        ge=10,
+        description="Each process checks the catalogue (PUT/DELETE /items) this often and reloads it when it "
+        "changed: the bound on how long another replica serves a withdrawn or misses an added item.",
     )
     idempotency_ttl_s: int = Field(
         86_400,

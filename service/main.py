@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.api.errors import error_response, http_error, validation_error
 from service.api.routes import admin, health, interactions, items, metrics, model, recommend
 from service.cache import Cache
+from service.catalogue import Catalogue
 from service.config import Settings
 from service.logging import configure_logging
 from service.metrics import RETRAIN_STATUS_FILE, Metrics
@@ -60,20 +61,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     holder = ModelHolder(pinned=settings.model_version)
     state = AppState(settings, m, redis, cache, holder, Recommender(cache, m, settings))
+    state.catalogue = Catalogue(
+        redis.client, settings.redis_prefix, lambda: holder.current, timeout_s=settings.redis_timeout_s
+    )
     app.state.edgerec = state
     await cache.ping()
     with contextlib.suppress(LoadFailed):  # logged; /readyz says why until a load succeeds
         await load_current(state)
-    poller = None
+    tasks = [asyncio.create_task(state.catalogue.poll(settings.catalogue_refresh_ms / 1000.0))]
     if settings.model_poll_s > 0:
-        poller = asyncio.create_task(poll_store(state, settings.model_poll_s))
+        tasks.append(asyncio.create_task(poll_store(state, settings.model_poll_s)))
     try:
         yield
     finally:
-        if poller is not None:
-            poller.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await poller
+                await task
         if state.warm_task is not None:
             state.warm_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

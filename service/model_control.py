@@ -63,7 +63,10 @@ async def load_current(state: AppState, version: str | None | object = None) -> 
     try:
         rec = state.recommender
         old, new = await holder.swap_to(
-            settings, ref, prepare=rec.attach, before_swap=lambda model: rec.swap_warmup.warm(rec, model)
+            settings,
+            ref,
+            prepare=lambda model: _prepare(state, model),
+            before_swap=lambda model: rec.swap_warmup.warm(rec, model),
         )
     except NoCurrentVersion as exc:  # nothing promoted yet: the normal state of a new deployment
         log.info("no model version promoted yet", extra={"store": str(settings.store_root)})
@@ -88,6 +91,13 @@ async def load_current(state: AppState, version: str | None | object = None) -> 
     else:
         metrics.reloads.labels("unchanged").inc()
     return SwapResult(old, new, holder.pinned)
+
+
+async def _prepare(state: AppState, model) -> None:
+    """What a version needs before it takes traffic: its micro-batcher and its catalogue view."""
+    state.recommender.attach(model)
+    if state.catalogue is not None:
+        await state.catalogue.prepare(model)
 
 
 def _freeze_heap() -> None:

@@ -27,6 +27,7 @@ from inference.ranker import Boost
 from service.batcher import MicroBatcher
 from service.cache import Cache, Lookup, RedisUnavailable
 from service.cache_entry import Entry
+from service.catalogue import Resolved, resolve, split_exclusions
 from service.config import Settings
 from service.metrics import Metrics
 from service.prompt_pool import PromptPool
@@ -41,6 +42,7 @@ CACHE_UNAVAILABLE = "cache_unavailable"
 FALLBACK_ORDER = (POPULARITY, COLD_START, CACHE_UNAVAILABLE)
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+_NOTHING = Resolved(_EMPTY, _EMPTY, _EMPTY, _EMPTY, [])
 
 
 class UnknownItemsError(ValueError):
@@ -150,17 +152,16 @@ class Recommender:
 
     @staticmethod
     def item_indices(model: ServingModel, ids: Sequence[str], field_name: str) -> np.ndarray:
-        """Map raw item ids to indices; unknown ids raise UnknownItemsError naming them all."""
-        idx = model.item_index
-        unknown = [i for i in ids if i not in idx]
-        if unknown:
-            raise UnknownItemsError(field_name, list(dict.fromkeys(unknown)))
-        return np.fromiter((idx[i] for i in ids), dtype=np.int64, count=len(ids))
+        """Map raw item ids to indices (a new catalogue item to its stand-in); ids neither the version nor the
+        catalogue has available raise UnknownItemsError naming them all."""
+        return Recommender._resolve(model, ids, field_name).items
 
     @staticmethod
-    def _known_indices(model: ServingModel, ids: Sequence[str]) -> np.ndarray:
-        idx = model.item_index
-        return np.asarray([idx[i] for i in ids if i in idx], dtype=np.int64)
+    def _resolve(model: ServingModel, ids: Sequence[str], field_name: str) -> Resolved:
+        found = resolve(model, ids)
+        if found.unknown:
+            raise UnknownItemsError(field_name, found.unknown)
+        return found
 
     # -- the request path ------------------------------------------------------------------------------------
 
@@ -176,9 +177,11 @@ class Recommender:
         record: bool = True,
     ) -> Recommendation:
         """``record=False`` (the cache warmer) leaves the request counters alone."""
-        recent = self.item_indices(model, recent_items, "recent_items")
+        session = self._resolve(model, recent_items, "recent_items")
+        recent = session.items
         # Excluding an id this model does not know cannot change the answer, so it is not an error.
-        extra_excl = self._known_indices(model, exclude_items)
+        excl = resolve(model, exclude_items)
+        extra_excl = np.concatenate([excl.known, excl.new])
         u = model.user_index.get(user_id)
         reasons: list[str] = []
 
@@ -194,16 +197,24 @@ class Recommender:
             self.metrics.cache_lookups.labels(result).inc()
             self.metrics.stage_seconds.labels("cache").observe(time.perf_counter() - t0)
 
-        # Live history holds raw ids; ids a newer/older catalogue lacks are skipped, not errors.
-        live = self._known_indices(model, lookup.history) if lookup is not None else _EMPTY
+        # Live history holds raw ids; ids neither this version nor the catalogue has are skipped, not errors.
+        logged = resolve(model, lookup.history) if lookup is not None else _NOTHING
+        live = logged.items
         train = model.graph.user_items(u) if u is not None else _EMPTY
         hist = History(train, live, recent)
         history = hist.all
-        seen = history if exclude_seen else _EMPTY
-        exclude = np.union1d(seen, extra_excl).astype(np.int64)
+        # A new item is in the prompt as its nearest known item, which the user did not choose: that one is
+        # neither excluded nor named as theirs; the new item itself (a code >= n_items) is excluded.
+        proxies = np.concatenate([logged.stand_ins, session.stand_ins])
+        if proxies.size:
+            proxies = np.setdiff1d(proxies, np.concatenate([train, logged.known, session.known]))
+            history = history[~np.isin(history, proxies)]
+        seen = np.concatenate([history, logged.new, session.new]) if exclude_seen else _EMPTY
+        withdrawn = model.catalogue.excluded if model.catalogue is not None else _EMPTY
+        exclude = np.unique(np.concatenate([seen, extra_excl, withdrawn])).astype(np.int64)
 
         co_users = _EMPTY
-        if history.size == 0:
+        if hist.all.size == 0:
             reasons.append(POPULARITY)
             ids, scores = popular_top(model, k, exclude)
         else:
@@ -362,7 +373,12 @@ class Recommender:
 
         t = time.perf_counter()
         k_max = max(job.k for job in jobs)
-        ids, scores = model.search(vectors, k_max, [job.exclude for job in jobs], boosts)
+        known, new = zip(*(split_exclusions(model, job.exclude) for job in jobs), strict=True)
+        ids, scores = model.search(vectors, k_max, known, boosts)
+        # New catalogue items (the view current now: codes are stable, so the jobs' exclusions still apply)
+        view = model.catalogue
+        if view is not None and len(view.side):
+            ids, scores = view.side.merge(vectors, ids, scores, new)
         stage.labels("search").observe(time.perf_counter() - t)
 
         out = []

@@ -178,8 +178,59 @@ class ItemResponse(BaseModel):
     id: str
     title: str | None = None
     fields: dict[str, Any] = Field(default_factory=dict, description="Other item text fields.")
-    popularity: float = Field(description="Train interactions of the item.")
+    popularity: float = Field(description="Train interactions of the item (0 for a catalogue item).")
     model_version: str
+    source: Literal["model", "catalogue"] = Field(
+        "model",
+        description="model: the served version knows the item; catalogue: added with PUT /items since.",
+    )
+    available: bool = Field(True, description="False once withdrawn (DELETE /items or available: false).")
+    recommendable: bool = Field(True, description="Whether it can appear in answers now.")
+    reason: str | None = Field(None, description="Why it cannot appear in answers (null when it can).")
+    updated_at: float | None = Field(None, description="UNIX time of the last catalogue write, if any.")
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+def _text(max_length: int) -> Any:
+    return Annotated[str, StringConstraints(max_length=max_length), AfterValidator(_no_surrogates)]
+
+
+class ItemWrite(_Strict):
+    """An item's text, as ingestion reads it from a dataset (title, brand, categories, description)."""
+
+    title: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=500),
+        AfterValidator(_no_surrogates),
+        AfterValidator(_not_blank),
+    ] = Field(description="Required, 1-500 characters, not blank.")
+    brand: _text(200) | None = Field(None, description="Up to 200 characters.")
+    categories: _text(1000) | None = Field(
+        None, description="Up to 1000 characters, e.g. `Office Products; Paper; Notebooks`."
+    )
+    description: _text(5000) | None = Field(None, description="Up to 5000 characters.")
+    available: bool = Field(True, description="False withdraws the item (as DELETE does).")
+
+
+class ItemWriteResponse(BaseModel):
+    id: str
+    created: bool = Field(description="True: the catalogue had no record of the item before.")
+    available: bool
+    updated_at: float = Field(description="UNIX time of this write.")
+    catalogue_seq: int = Field(description="The catalogue's sequence number after this write.")
+    source: Literal["model", "catalogue"] = Field(
+        description="model: the served version knows the item (the write updates or withdraws it); "
+        "catalogue: a new item."
+    )
+    recommendable: bool = Field(description="Whether this process can put it in answers now.")
+    reason: str | None = Field(None, description="Why it cannot (null when it can).")
+    model_version: str
+    request_id: str | None = None
 
 
 class ModelResponse(BaseModel):

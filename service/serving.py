@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from inference.version import EncoderChoice, InferenceVersion, open_version
 from model_store import ModelStore
 from service.batcher import MicroBatcher
 from service.config import Settings
+
+if TYPE_CHECKING:
+    from service.catalogue import CatalogueView
 
 log = logging.getLogger("edgerec.serving")
 
@@ -46,6 +49,7 @@ class ServingModel(InferenceVersion):
     dataset_fingerprint: str | None
     loaded_at: float = field(default_factory=time.time)
     batcher: MicroBatcher | None = None  # set by the recommender, which owns the batch function
+    catalogue: CatalogueView | None = None  # set by service.catalogue before it serves, replaced on changes
     user_index: dict[str, int] = field(init=False)
     item_index: dict[str, int] = field(init=False)
     popular_order: np.ndarray = field(init=False)
@@ -130,7 +134,8 @@ class ModelHolder:
     ) -> tuple[str | None, str]:
         """Load ``ref`` (a version id or alias) fully, then swap. Returns (old version, new version).
 
-        ``prepare(model)`` attaches request-path state (the batcher) before the model becomes visible.
+        ``await prepare(model)`` attaches request-path state (the batcher, the catalogue view) before the
+        model becomes visible.
         Concurrent loads are serialised; loading the version already served is a no-op."""
         async with self._lock:
             target = await asyncio.to_thread(ModelStore(settings.store_root).resolve, ref)
@@ -140,7 +145,7 @@ class ModelHolder:
                 return old.version, old.version
             new = await asyncio.to_thread(load_serving_model, settings, target)
             if prepare is not None:
-                prepare(new)
+                await prepare(new)
             if before_swap is not None and old is not None:
                 await before_swap(new)  # e.g. warm the recent users' cache entries; the old version serves
             self.current = new  # the atomic swap: one reference assignment

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 from service.cache import Cache
+from service.catalogue import Catalogue
 from service.config import Settings
 from service.metrics import Metrics
 from service.recommender import Recommender
@@ -22,3 +23,4 @@ class AppState:
     holder: ModelHolder
     recommender: Recommender
     warm_task: asyncio.Task | None = None  # background cache warming (service.warmer)
+    catalogue: Catalogue | None = None  # items added/withdrawn since training (service.catalogue)

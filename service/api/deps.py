@@ -12,6 +12,7 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 
 from service.cache import Cache
+from service.catalogue import Catalogue
 from service.config import Settings
 from service.metrics import Metrics
 from service.recommender import Recommender
@@ -34,6 +35,10 @@ async def get_settings(state: StateDep) -> Settings:
 
 async def get_cache(state: StateDep) -> Cache:
     return state.cache
+
+
+async def get_catalogue(state: StateDep) -> Catalogue:
+    return state.catalogue
 
 
 async def get_metrics(state: StateDep) -> Metrics:
@@ -68,6 +73,7 @@ async def get_model(state: StateDep) -> ServingModel:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
+CatalogueDep = Annotated[Catalogue, Depends(get_catalogue)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
 ModelDep = Annotated[ServingModel, Depends(get_model)]

@@ -60,7 +60,8 @@ async def add_interactions(
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> InteractionsResponse:
-    """Record interactions. 201 only once Redis stored them (stream entry + live history + idempotency
+    """Record interactions with items the served version knows or the catalogue has available (others are
+    a 422). 201 only once Redis stored them (stream entry + live history + idempotency
     record, one atomic script); the user's cached neighbourhood is invalidated, so the next recommendation
     reflects them. A repeat of a stored write (same key) stores nothing and answers 201 with the first
     write's `stream_id` and `replayed: true` (header `Idempotent-Replayed: true`)."""

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Response
 
 from service.api.common import ERRORS, UserPath, json_response, unknown_items
 from service.api.deps import ApiKey, ModelDep, RecommenderDep
+from service.catalogue import item_label
 from service.explain import explain
 from service.logging import request_id_var
 from service.recommender import Recommendation, UnknownItemsError
@@ -24,6 +25,19 @@ from service.serving import ServingModel
 router = APIRouter(tags=["recommend"], dependencies=[ApiKey])
 
 
+def _similar_text(model: ServingModel, idx: np.ndarray) -> dict[int, tuple[int, float]]:
+    """The new catalogue items among ``idx`` (codes >= n_items): nearest known item by text, similarity."""
+    view = model.catalogue
+    if view is None:
+        return {}
+    out = {}
+    for code in idx[idx >= model.n_items].tolist():
+        new = view.new.get(view.ids[code - view.n_items])
+        if new is not None and new.nearest >= 0:
+            out[code] = (new.nearest, new.similarity)
+    return out
+
+
 def _reasons(model: ServingModel, rec: Recommendation, idx: np.ndarray) -> list[list[dict[str, Any]]]:
     """Each item's reasons (service.explain) with the items they name as id and title."""
     per_item = explain(
@@ -33,12 +47,13 @@ def _reasons(model: ServingModel, rec: Recommendation, idx: np.ndarray) -> list[
         rec.co_users,
         user=model.user_index.get(rec.user_id),
         item_norm=model.builder.cfg.two_hop_norm,
+        similar=_similar_text(model, idx),
     )
     for reasons in per_item:
         for r in reasons:
             if "item" in r:
                 i = r.pop("item")
-                r["item_id"], r["title"] = model.item_ids[i], model.items[i].get("title")
+                r["item_id"], r["title"] = item_label(model, i)
     return per_item
 
 
@@ -46,9 +61,10 @@ def to_response(model: ServingModel, rec: Recommendation, explain_items: bool = 
     """The RecommendResponse of ``rec`` as plain data (serialised with orjson by json_response)."""
     finite = np.isfinite(rec.scores)
     idx = rec.item_idx[finite]
+    labels = [item_label(model, i) for i in idx.tolist()]  # new catalogue items too (codes >= n_items)
     items = [
-        {"id": model.item_ids[i], "score": s, "title": model.items[i].get("title")}
-        for i, s in zip(idx.tolist(), rec.scores[finite].tolist(), strict=True)
+        {"id": item_id, "score": s, "title": title}
+        for (item_id, title), s in zip(labels, rec.scores[finite].tolist(), strict=True)
     ]
     if explain_items:
         for item, reasons in zip(items, _reasons(model, rec, idx), strict=True):
