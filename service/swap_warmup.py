@@ -1,13 +1,15 @@
 """No cold cache after a swap: warm the recently active users for a new version before it takes traffic.
 
 Cache entries are per version, so the first minutes after a promotion used to be all misses (the last
-measurement: throughput down ~5x for several seconds). Every request this process answers marks its user
-in :class:`RecentUsers` (bounded: an LRU of ``EDGEREC_SWAP_WARM_USERS`` ids, a dict move per request, no
-Redis call). When a version has been loaded and checked, and before the one-assignment swap, the users seen
-within ``EDGEREC_SWAP_WARM_WINDOW_S`` are run through the ordinary request path against the *new* version
-(most recent first, ``EDGEREC_WARM_CONCURRENCY`` at a time, results discarded), which writes their entries
-under the new version; the old version keeps serving meanwhile. The warm-up stops at
-``EDGEREC_SWAP_WARM_S``: a swap is delayed by at most that, never blocked.
+measurement: throughput down ~5x for several seconds). Every request this process answers
+marks its user in :class:`RecentUsers` (bounded: an LRU of ``EDGEREC_SWAP_WARM_USERS`` ids with request
+counts, a dict move per request, no Redis call). When a version has been loaded and checked, and before the
+one-assignment swap, the users seen within ``EDGEREC_SWAP_WARM_WINDOW_S`` are run through the ordinary request
+path against the *new* version (the most frequent first, ``EDGEREC_WARM_CONCURRENCY`` at a time, results
+discarded), which writes their entries under the new version; the old version keeps serving meanwhile. The
+warm-up stops at ``EDGEREC_SWAP_WARM_S``: a swap is delayed by at most that, never blocked. On a saturated
+machine the warm-up competes with the traffic for the encoder, so the old version serves more slowly while
+it runs (``docs/benchmarks.md``, "Cold path").
 
 Each worker process keeps its own recent set and warms its own users; entries live in Redis, so what one
 worker warms is a hit for every worker. The broader ``EDGEREC_WARM_CACHE`` (every known user, after the swap,
@@ -33,29 +35,30 @@ log = logging.getLogger("edgerec.swap_warmup")
 
 
 class RecentUsers:
-    """The ``capacity`` users answered most recently, with when (an LRU; event loop only, no lock)."""
+    """The ``capacity`` users answered most recently, with when and how often (an LRU; event loop only)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()  # user -> (last seen, requests)
 
     def touch(self, user_id: str, now: float | None = None) -> None:
         if self.capacity <= 0:
             return
-        self._seen[user_id] = time.monotonic() if now is None else now
-        self._seen.move_to_end(user_id)
+        count = self._seen.pop(user_id, (0.0, 0))[1]
+        self._seen[user_id] = (time.monotonic() if now is None else now, count + 1)
         if len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
 
     def active(self, window_s: float, now: float | None = None) -> list[str]:
-        """Users seen within ``window_s``, most recent first."""
+        """Users seen within ``window_s``, most requests first (then most recent): when the warm-up runs out
+        of time, the users warmed are those most likely to come back."""
         since = (time.monotonic() if now is None else now) - window_s
-        out = []
-        for user, seen in reversed(self._seen.items()):
+        recent = []
+        for user, (seen, count) in reversed(self._seen.items()):
             if seen < since:
                 break
-            out.append(user)
-        return out
+            recent.append((user, count))
+        return [user for user, _ in sorted(recent, key=lambda uc: -uc[1])]  # stable: recency breaks ties
 
     def __len__(self) -> int:
         return len(self._seen)

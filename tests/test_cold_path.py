@@ -231,13 +231,14 @@ def test_swap_warmup_is_bounded_in_time(serve, store):
 
 
 # ------------------------------------------------------------------------------------------ units
-def test_recent_users_keeps_the_newest_within_the_window():
+def test_recent_users_keeps_the_newest_within_the_window_most_frequent_first():
     r = RecentUsers(3)
-    for t, u in enumerate(["a", "b", "c", "a", "d"]):
+    for t, u in enumerate(["a", "b", "c", "a", "d", "c", "c"]):
         r.touch(u, now=float(t))
     assert len(r) == 3
-    assert r.active(10.0, now=4.0) == ["d", "a", "c"]  # newest first; "b" fell out of the LRU
-    assert r.active(1.5, now=4.0) == ["d", "a"]
+    assert r.active(10.0, now=6.0) == ["c", "a", "d"]  # "c" 3 requests, "a" 2; "b" fell out of the LRU
+    assert r.active(1.5, now=6.0) == ["c"]  # only "c" was seen in the last 1.5 s
+    assert r.active(2.5, now=6.0) == ["c", "d"]  # equal counts: the more recent first
     off = RecentUsers(0)
     off.touch("x")
     assert len(off) == 0
