@@ -29,12 +29,13 @@ from inference.encoders import (
     Encoder,
     open_encoder,
 )
+from inference.item_text import TextVectoriser
 from inference.neighbourhoods import NBR_FILE, NBR_META, StoredNeighbourhoods, open_neighbourhoods
 from inference.ranker import Boost, Ranker, candidate_boosts
 from model_store.index import INDEX_FILE, INDEX_META, load_index
 
 EXPORT_INFO_FILE = "export.json"
-# Every file a version holds (graph/ is a folder); encoder.int8.onnx is optional.
+# Every file a version holds (graph/ is a folder); encoder.int8.onnx and the text model are optional.
 VERSION_FILES = (
     ONNX_FILE,
     TORCH_WEIGHTS_FILE,
@@ -84,6 +85,7 @@ class InferenceVersion:
     popularity: np.ndarray  # float32 [I] train interaction counts
     # every train user's neighbourhood and hop distances, memory-mapped (None: an older version)
     neighbourhoods: StoredNeighbourhoods | None = None
+    text: TextVectoriser | None = None  # new items' text → item vectors (None: the version has no text model)
 
     @property
     def graph(self) -> BipartiteGraph:
@@ -204,6 +206,7 @@ def open_version(
         items=_read_json(folder, "items.json"),
         popularity=np.asarray(np.load(folder / "popularity.npy", allow_pickle=False), dtype=np.float32),
         neighbourhoods=open_neighbourhoods(folder, builder),
+        text=TextVectoriser.load(folder, builder.tok),
     )
     _check_consistent(version)
     return version

@@ -348,7 +348,9 @@ def export_run(
         _write_json(tmp / "user_ids.json", data.user_ids)
         _write_json(tmp / "item_ids.json", data.item_ids)
         np.save(tmp / "popularity.npy", np.asarray(data.train.sum(axis=0)).ravel().astype(np.float32))
-        _write_json(tmp / "items.json", items_json(data))
+        items = items_json(data)
+        _write_json(tmp / "items.json", items)
+        info["text_model"] = _write_text_model(tmp, served, builder, items, emb, data, train_cfg)
         shutil.copyfile(run / "tokenizer.json", tmp / "tokenizer.json")
         shutil.copyfile(run / "prompt_config.json", tmp / "prompt_config.json")
         _write_json(tmp / "metrics.json", run_metrics)
@@ -375,6 +377,22 @@ def export_run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_text_model(tmp: Path, model, builder, items, emb, data, train_cfg) -> dict[str, Any]:
+    """Fit and save the text → item-vector model new catalogue items are served with (a report of the
+    validation choice; ``skipped`` when the data has too little item text)."""
+    from inference.item_text import item_text
+    from training.export.text_model import fit_text_model
+
+    word_emb = model.word_emb.weight.detach().float().numpy()[: builder.tok.n_words]
+    texts = [item_text(row) for row in items]
+    text_model, report = fit_text_model(
+        builder.tok, word_emb, texts, emb, data.train, seed=int(train_cfg.get("seed", 0))
+    )
+    if text_model is not None:
+        text_model.save(tmp)
+    return report
 
 
 def _check_consistent(model, builder, data) -> None:

@@ -1,0 +1,169 @@
+"""New items from their text: the version's text model, which maps an item's text into the item space.
+
+A product added to the catalogue after training has no item token, so the encoder cannot name it and FAISS
+does not hold it. Its vector comes from what the model learned about words in content pre-training (DESIGN §1:
+item ``i`` is described as ``<text>``, so the word table is trained to line up with item tokens):
+
+* **projection** — the item's text as the idf-weighted mean of the model's word embeddings, mapped into the
+  item space by a ridge regression fitted at export on the items the model knows (``proj = word_emb @ A``);
+* **neighbours** — the collaborative vectors of the known items whose text (idf-weighted bag of the model's
+  word pieces) is most similar, softmax-weighted by that similarity.
+
+The vector is ``alpha * projection + (1 - alpha) * neighbours``; ``alpha``, the ridge strength, the neighbour
+count and the softmax temperature are chosen at export on items held out of the fit
+(``training/export/text_model.py``). Scores are ``user_vector @ v`` like any item row, so a new item joins the
+exact top-k without a rebuild. ``nearest`` (the most similar known item) stands in for a new item in a prompt
+and names the reason ("similar text to ...").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from graphprompt.tokenizer import RecTokenizer
+
+TEXT_MODEL_FILE = "item_text"  # a folder of .npy arrays + params.json (the store never keeps .npz)
+TEXT_FIELDS = ("title", "brand", "categories", "description")
+MAX_TEXT_TOKENS = 256  # word pieces per item text: a title + brand + categories fits; essays are cut
+
+
+def item_text(fields: Mapping[str, str | None]) -> str:
+    """One text from an item's fields (the same join at export and in the service)."""
+    return " ; ".join(str(fields[f]).strip() for f in TEXT_FIELDS if fields.get(f) and str(fields[f]).strip())
+
+
+@dataclass
+class TextVectors:
+    vectors: np.ndarray  # float32 [n, D] in the item-embedding space
+    nearest: np.ndarray  # int64 [n] most text-similar known item (-1: the text shares no word piece with any)
+    similarity: np.ndarray  # float32 [n] cosine similarity of the bags of word pieces to ``nearest``
+
+
+def bag_of_pieces(token_lists: Sequence[np.ndarray], idf: np.ndarray) -> sp.csr_matrix:
+    """Rows = texts: tf-idf weights of the word pieces, L2-normalised (all-zero rows stay zero)."""
+    n_words = len(idf)
+    rows = np.repeat(np.arange(len(token_lists)), [len(t) for t in token_lists])
+    cols = np.concatenate(token_lists) if token_lists else np.zeros(0, dtype=np.int64)
+    bag = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(token_lists), n_words))
+    bag.sum_duplicates()
+    bag = bag.multiply(idf[None, :]).tocsr().astype(np.float32)
+    norms = np.sqrt(np.asarray(bag.multiply(bag).sum(axis=1)).ravel())
+    return sp.diags(np.where(norms > 0, 1.0 / np.maximum(norms, 1e-12), 0.0).astype(np.float32)) @ bag
+
+
+def tokenize(tok: RecTokenizer, texts: Sequence[str]) -> list[np.ndarray]:
+    return [ids[:MAX_TEXT_TOKENS] for ids in tok.encode_texts(list(texts))] if texts else []
+
+
+class TextVectoriser:
+    """A version's text model (``item_text.npz`` + its tokenizer and item embeddings)."""
+
+    def __init__(
+        self,
+        tok: RecTokenizer,
+        proj: np.ndarray,
+        bias: np.ndarray,
+        idf: np.ndarray,
+        known_bag: sp.csr_matrix,
+        item_vectors: np.ndarray,
+        *,
+        alpha: float,
+        k: int,
+        tau: float,
+    ) -> None:
+        if proj.shape[0] != len(idf) or known_bag.shape != (len(item_vectors), len(idf)):
+            raise ValueError(
+                f"text model does not fit its version: proj {proj.shape}, idf {idf.shape}, "
+                f"known bag {known_bag.shape}, item vectors {item_vectors.shape}"
+            )
+        self.tok = tok
+        self.proj, self.bias, self.idf = proj, bias, idf
+        self.known_bag_t = known_bag.T.tocsr()  # [words, items]: a text's similarities in one product
+        self.item_vectors = item_vectors
+        self.alpha, self.k, self.tau = float(alpha), int(k), float(tau)
+        self.dim = int(proj.shape[1])
+
+    # -- persistence ---------------------------------------------------------------------------------------
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        bag = self.known_bag_t.T.tocsr()
+        return {
+            "proj": self.proj,
+            "bias": self.bias,
+            "idf": self.idf,
+            "bag_data": bag.data,
+            "bag_indices": bag.indices,
+            "bag_indptr": bag.indptr,
+        }
+
+    def save(self, folder: str | Path) -> None:
+        out = Path(folder) / TEXT_MODEL_FILE
+        out.mkdir(parents=True, exist_ok=True)
+        for name, arr in self.arrays().items():
+            np.save(out / f"{name}.npy", np.ascontiguousarray(arr))
+        params = {"alpha": self.alpha, "k": self.k, "tau": self.tau}
+        (out / "params.json").write_text(json.dumps(params))
+
+    @classmethod
+    def load(cls, folder: str | Path, tok: RecTokenizer | None = None) -> TextVectoriser | None:
+        """The version's text model, or None when it has none (older versions; data without item text)."""
+        folder = Path(folder)
+        src = folder / TEXT_MODEL_FILE
+        if not src.is_dir():
+            return None
+        tok = tok or RecTokenizer.load(folder)
+        item_vectors = np.load(folder / "item_embeddings.npy", mmap_mode="r")
+
+        def arr(name: str) -> np.ndarray:
+            return np.load(src / f"{name}.npy", allow_pickle=False)
+
+        idf = arr("idf").astype(np.float32)
+        bag = sp.csr_matrix(
+            (arr("bag_data"), arr("bag_indices"), arr("bag_indptr")), shape=(len(item_vectors), len(idf))
+        )
+        params = json.loads((src / "params.json").read_text())
+        return cls(
+            tok, arr("proj").astype(np.float32), arr("bias").astype(np.float32), idf, bag, item_vectors,
+            alpha=params["alpha"], k=int(params["k"]), tau=params["tau"],
+        )  # fmt: skip
+
+    # -- text → vector -------------------------------------------------------------------------------------
+
+    def vectors(self, texts: Sequence[str]) -> TextVectors:
+        return self.vectors_of_tokens(tokenize(self.tok, texts))
+
+    def vectors_of_tokens(self, token_lists: Sequence[np.ndarray]) -> TextVectors:
+        bag = bag_of_pieces(token_lists, self.idf)
+        projection = self.projection(bag)
+        sims = np.asarray((bag @ self.known_bag_t).todense(), dtype=np.float32)  # [n, known items]
+        neighbours, nearest, best = self.neighbours(sims)
+        # a text sharing no word piece with any known item has no neighbours: the projection alone speaks
+        alpha = np.where(nearest >= 0, self.alpha, 1.0).astype(np.float32)[:, None]
+        vectors = (alpha * projection + (1 - alpha) * neighbours).astype(np.float32)
+        return TextVectors(vectors, nearest, best)
+
+    def projection(self, bag: sp.csr_matrix) -> np.ndarray:
+        """Ridge map of the tf-idf-weighted mean word embedding (rows of ``bag`` need not be normalised)."""
+        weights = np.asarray(bag.sum(axis=1), dtype=np.float32)
+        mean = np.asarray(bag @ self.proj, dtype=np.float32) / np.maximum(weights, 1e-12)
+        return np.where(weights > 0, mean + self.bias, 0.0).astype(np.float32)
+
+    def neighbours(self, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(softmax-weighted vectors of the top-k most similar known items, nearest item, its similarity)."""
+        n = len(sims)
+        k = min(self.k, sims.shape[1])
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        s = np.take_along_axis(sims, top, axis=1)
+        w = np.exp((s - s.max(axis=1, keepdims=True)) / self.tau) * (s > 0)
+        w = w / np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+        out = np.einsum("nk,nkd->nd", w, np.asarray(self.item_vectors)[top]).astype(np.float32)
+        best_col = np.argmax(s, axis=1)
+        best = s[np.arange(n), best_col].astype(np.float32)
+        nearest = np.where(best > 0, top[np.arange(n), best_col], -1).astype(np.int64)
+        return out, nearest, np.maximum(best, 0.0)
