@@ -39,34 +39,65 @@ def _row_entries(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> t
     return owner, indices[pos].astype(np.int64)
 
 
+# Most elements of the dense 0/1 matrices one block of the co-occurrence product holds (4 MB of float32): an
+# answer of 10 items is one block; k = 1000 or very popular items are split into several.
+BLOCK = 1 << 20
+
+
 def co_occurrence(
     graph: BipartiteGraph, history: np.ndarray, items: np.ndarray, user: int | None, co_users: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """``[len(history), len(items)]`` counts of train users other than ``user`` who chose both
     ``history[h]`` and ``items[c]``, and per item how many of ``co_users`` chose it.
 
-    Only users who chose one of ``items`` can count, so both sides become 0/1 matrices over those users
-    alone (row / column 0 stands for everyone else and stays 0) and one small matrix product gives every
-    count."""
-    iu = graph.iu
-    c_own, c_users = _row_entries(iu.indptr, iu.indices, items)
-    users, col = np.unique(c_users, return_inverse=True)
-    # Each user's row (0: none of them), looked up directly: cheaper than a search per history entry, and
-    # np.zeros costs no more than the pages it touches on big graphs.
+    Only users who chose one of the items can count, so both sides become 0/1 matrices over those users
+    alone and a small matrix product gives the counts, block by block within ``BLOCK``."""
+    counts = np.zeros((history.size, items.size), dtype=np.int64)
+    chose = np.zeros(items.size, dtype=np.float32)
+    h_own, h_users = _row_entries(graph.iu.indptr, graph.iu.indices, history)
+    degree = graph.item_degree()[items]
+    start = 0
+    while start < items.size:
+        stop, width = start + 1, int(degree[start]) + 1
+        while stop < items.size and (width + degree[stop]) * (stop + 1 - start) <= BLOCK:
+            width += int(degree[stop])
+            stop += 1
+        cols = slice(start, stop)
+        chose[cols] = _block(graph, history, h_own, h_users, items[cols], user, co_users, counts[:, cols])
+        start = stop
+    counts[history[:, None] == items[None, :]] = 0  # with exclude_seen off an item is no reason for itself
+    return counts, chose
+
+
+def _block(
+    graph: BipartiteGraph,
+    history: np.ndarray,
+    h_own: np.ndarray,
+    h_users: np.ndarray,
+    items: np.ndarray,
+    user: int | None,
+    co_users: np.ndarray,
+    out: np.ndarray,
+) -> np.ndarray:
+    """Fills ``out`` (a view of the counts' columns of ``items``); returns the co-user counts of ``items``."""
+    c_own, c_users = _row_entries(graph.iu.indptr, graph.iu.indices, items)
+    # Each of those users' row (0: none of them, stays empty), looked up directly: cheaper than a search per
+    # history entry, and np.zeros costs no more than the pages it touches on big graphs. A user with several
+    # of the items keeps the number of its last entry; the numbers of its other entries are rows left empty.
     row = np.zeros(graph.n_users, dtype=np.int64)
-    row[users] = np.arange(1, users.size + 1)
-    chose_item = np.zeros((users.size + 1, items.size), dtype=np.float32)
-    chose_item[col + 1, c_own] = 1.0
+    row[c_users] = np.arange(1, c_users.size + 1)
+    chose_item = np.zeros((c_users.size + 1, items.size), dtype=np.float32)
+    chose_item[row[c_users], c_own] = 1.0
     chose = chose_item[row[co_users]].sum(axis=0)
     if user is not None:
         row[user] = 0  # the user's own train row never counts, as in the prompt's neighbourhood
-    h_own, h_users = _row_entries(iu.indptr, iu.indices, history)
-    chose_hist = np.zeros((history.size, users.size + 1), dtype=np.float32)
-    chose_hist[h_own, row[h_users]] = 1.0
-    # float32 sums of 0/1 are exact up to 2**24 users
-    counts = (chose_hist @ chose_item).astype(np.int64)
-    counts[history[:, None] == items[None, :]] = 0  # with exclude_seen off an item is no reason for itself
-    return counts, chose
+    step = max(1, BLOCK // (c_users.size + 1))  # history rows per product
+    for r0 in range(0, history.size, step):
+        lo, hi = np.searchsorted(h_own, [r0, r0 + step])  # h_own is ascending: the rows' entries are a run
+        chose_hist = np.zeros((min(step, history.size - r0), c_users.size + 1), dtype=np.float32)
+        chose_hist[h_own[lo:hi] - r0, row[h_users[lo:hi]]] = 1.0
+        out[r0 : r0 + step] = chose_hist @ chose_item  # float32 sums of 0/1: exact up to 2**24 users
+    return chose
 
 
 def _strongest(counts: np.ndarray, limit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import service.explain as explain_module
 from graphprompt.graph import BipartiteGraph
 from service.explain import MAX_REASONS, explain, graph_reasons, similar_text_reason
 
@@ -27,7 +28,9 @@ def expected_pairs(edges, history, item, user):
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("norm", [0.0, 0.5])
-def test_explain_strengths_match_the_prior_formula_from_raw_interactions(seed, norm):
+@pytest.mark.parametrize("block", [explain_module.BLOCK, 40, 1])  # one product; item and history blocks
+def test_explain_strengths_match_the_prior_formula_from_raw_interactions(seed, norm, block, monkeypatch):
+    monkeypatch.setattr(explain_module, "BLOCK", block)
     graph, edges, rng = random_graph(seed)
     user = int(rng.integers(graph.n_users))
     history = rng.permutation(graph.n_items)[:8]
