@@ -123,6 +123,12 @@ def main() -> None:
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--check-users", type=int, default=50, help="users whose HTTP answers are compared")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument(
+        "--retrain",
+        action="store_true",
+        help="then write the held-out interactions through POST /users/{id}/interactions (one window) and "
+        "time `edgerec retrain` on it against the full train (issue 15's cost)",
+    )
     args = ap.parse_args()
     if not args.source.is_dir():
         sys.exit(f"error: dataset folder {args.source} not found (set EDGEREC_SHARED_DATASETS)")
@@ -320,6 +326,12 @@ def check_service(result: dict, store: Path, args, held: list[str], work: Path, 
                 want = [held[j] for j in order[: len(got)]]
                 agree.append(got[:5] == want[:5])
             result["service_agrees_top5_new_items"] = f"{sum(agree)}/{len(agree)}"
+            if args.retrain:
+                post_window(c, chk, args, held, result)
+        if args.retrain:
+            proc.terminate()
+            proc.wait(30)
+            retrain(result, store, args, prefix, work, env)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -328,6 +340,44 @@ def check_service(result: dict, store: Path, args, held: list[str], work: Path, 
         client = redis.Redis.from_url(args.redis_url)
         for key in client.scan_iter(f"{prefix}*", count=1000):
             client.delete(key)
+
+
+def post_window(c, chk, args, held: list[str], result: dict) -> None:
+    """Each evaluated user's held-out items as one interaction write (the window the retrain learns)."""
+    rows, _ = raw_rows(args.source)
+    held_set = set(held)
+    per_user: dict[str, list[str]] = {}
+    for u, i in rows:
+        if i in held_set:
+            per_user.setdefault(u, []).append(i)
+    known = set(chk["v"].user_ids)
+    n = 0
+    for u, items in sorted(per_user.items()):
+        if u in known:
+            c.post(f"/users/{u}/interactions", json={"items": items}).raise_for_status()
+            n += len(items)
+    result["window_interactions"] = n
+
+
+def retrain(result: dict, store: Path, args, prefix: str, work: Path, env: dict) -> None:
+    from service.metrics import RETRAIN_STATUS_FILE
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgerec.cli",
+        "retrain",
+        "--store",
+        str(store),
+        "--redis-url",
+        args.redis_url,
+    ]
+    cmd += ["--prefix", prefix, "--dataset", str(work / "prepared")]
+    seconds = run(cmd, env, work / "retrain.log")
+    status = json.loads((store / RETRAIN_STATUS_FILE).read_text())
+    run_dir = args.run_dir or work / "run"
+    full = json.loads((run_dir / "metrics.json").read_text()).get("train_seconds")
+    result["retrain"] = {"seconds": round(seconds, 1), "full_train_seconds": full, "status": status}
 
 
 def write(result: dict, out: Path) -> None:
@@ -364,6 +414,13 @@ def write(result: dict, out: Path) -> None:
         f"{result.get('service_agrees_top5_new_items')} users. "
         f"Load average {result['load_avg_start']} → {result['load_avg_end']}.",
     ]
+    if "retrain" in result:
+        r = result["retrain"]
+        lines.append(
+            f"Retrain on the window ({result['window_interactions']} interactions, the held-out items): "
+            f"{r['seconds']} s wall vs the full train's {r['full_train_seconds']} s of epochs; status "
+            f"{json.dumps(r['status'])}."
+        )
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
