@@ -104,9 +104,14 @@ class SimilarTextReason(BaseModel):
     """A new catalogue item (no interactions yet) recommended through its text."""
 
     kind: Literal["similar_text"] = "similar_text"
-    item_id: str = Field(description="The known item whose vector is nearest to the new item's text vector.")
+    item_id: str = Field(
+        description="The known item whose text is nearest to the new item's (its stand-in in prompts); "
+        "unlike a co-occurrence reason's item, not necessarily one the user has."
+    )
     title: str | None = None
-    similarity: float = Field(description="Cosine similarity of the two item vectors, in [-1, 1].")
+    similarity: float = Field(
+        description="Cosine similarity of the two texts in the version's text model, 0-1."
+    )
 
 
 Reason = Annotated[CoOccurrenceReason | CoUsersReason | SimilarTextReason, Field(discriminator="kind")]

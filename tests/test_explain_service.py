@@ -16,6 +16,7 @@ from service.main import create_app
 from service.schemas import BatchRecommendResponse, RecommendResponse
 
 KEY = "explain-key"
+ADMIN = "explain-admin"
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def http(store, tmp_path_factory):
         home=tmp_path_factory.mktemp("home"),
         model_store=store.root,
         api_key=KEY,
+        admin_api_key=ADMIN,
         model_poll_s=0,
         access_log=False,
         redis_url=url,
@@ -172,3 +174,25 @@ def test_explain_is_in_the_openapi_schema(http):
     ):
         props = next(v for k, v in schemas.items() if k.startswith(name))["properties"]
         assert all(props[f].get("description") for f in fields), name
+
+
+def test_explain_a_new_catalogue_item_by_its_text(http, store):
+    """A new item (PUT /items, no interactions) is explained by the known item its text is nearest to."""
+    user = store.user_ids[44]
+    top = http.post(f"/recommend/{user}", json={"k": 1}).json()["items"][0]["id"]
+    known = http.get(f"/items/{top}").json()
+    body = {"title": "Brand-new " + known["title"]} | {
+        f: known["fields"][f] for f in ("brand", "categories", "description") if known["fields"].get(f)
+    }
+    put = http.put("/items/explain-new-item", json=body, headers={"X-API-Key": ADMIN})
+    assert put.status_code == 201 and put.json()["recommendable"], put.text
+    everything = http.post(f"/recommend/{user}", json={"k": len(store.item_ids) + 10, "explain": True}).json()
+    new = next(it for it in everything["items"] if it["id"] == "explain-new-item")
+    [reason] = new["reasons"]
+    assert reason["kind"] == "similar_text" and 0 < reason["similarity"] <= 1 + 1e-6
+    assert reason["item_id"] in store.item_ids  # a known item, named with its title
+    assert reason["title"] == http.get(f"/items/{reason['item_id']}").json()["title"]
+    raw = Raw(store)
+    for item in everything["items"]:  # the other items' reasons still name only the user's own items
+        assert {r["item_id"] for r in item["reasons"] if r["kind"] == "co_occurrence"} <= raw.train[user]
+    assert RecommendResponse.model_validate(everything).model_dump() == everything
