@@ -5,7 +5,9 @@ One retrain, in order (docs/deploy.md, "Retraining from the stream"):
 1. **read** every interaction stream shard from the checkpoint's position up to each shard's last id at that
    moment (``service.stream_reader``); what arrives later waits for the next retrain;
 2. **snapshot**: the served version's dataset + the new interactions, newest one per user held out
-   (``training.data.snapshot``), saved under the state folder;
+   (``training.data.snapshot``), saved under the state folder; new items take their text from the Redis
+   catalogue (``service.catalogue.read_catalogue``), and available catalogue items nobody has interacted with
+   yet are listed in the manifest (not trained: they have no interaction to learn a row from);
 3. **train**: the served version's weights, new rows from their neighbours, a short fine-tune
    (``training.recipe.warm_start``), exported like any run;
 4. **gate**: served and candidate scored on the holdout with one protocol (``training.evaluation.holdout``);
@@ -312,6 +314,15 @@ class RetrainResult:
     promoted: bool = False
 
 
+CATALOGUE_WAITING_LISTED = 1000  # the manifest lists at most this many waiting items (and counts them all)
+
+
+def catalogue_waiting(catalogue: dict[str, dict], item_ids: list[str]) -> list[str]:
+    """Available catalogue items the snapshot does not hold: nobody has interacted with them yet."""
+    known = set(item_ids)
+    return sorted(i for i, r in catalogue.items() if r.get("available", True) and i not in known)
+
+
 def gate_decision(
     served: dict,
     candidate: dict,
@@ -541,7 +552,7 @@ def _run(store, base, state, redis_url, prefix, shards, opts, ranks, echo) -> Re
     if done is not None:
         return _advance(store, state, done, opts, echo)
 
-    read = _read(redis_url, keys, after)
+    read, catalogue = _read(redis_url, keys, after, prefix)
     if read.count == 0:
         msg = f"nothing new since {ck.describe()}"
         echo(msg)
@@ -550,10 +561,13 @@ def _run(store, base, state, redis_url, prefix, shards, opts, ranks, echo) -> Re
         if rng.trimmed:
             echo(f"warning: {key} was trimmed (MAXLEN) past the checkpoint; older entries are lost")
     _hook("read")
-    return _learn(store, base, state, keys, read, ck, opts, ranks, echo)
+    return _learn(store, base, state, keys, read, catalogue, ck, opts, ranks, echo)
 
 
-def _read(redis_url: str, keys: list[str], after: dict[str, str]):
+def _read(redis_url: str, keys: list[str], after: dict[str, str], prefix: str):
+    """The stream since the checkpoint, and (when something is new) the catalogue's records, which give new
+    items their text and name the items that wait for their first interaction."""
+    from service.catalogue import read_catalogue
     from service.stream_reader import read_since
 
     try:
@@ -562,7 +576,8 @@ def _read(redis_url: str, keys: list[str], after: dict[str, str]):
         raise RetrainError(f"Redis URL {redacted(redis_url)} is not usable: {exc}") from None
     try:
         client.ping()
-        return read_since(client, keys, after)
+        read = read_since(client, keys, after)
+        return read, (read_catalogue(client, prefix) if read.count else {})
     except Exception as exc:
         if type(exc).__module__.startswith("redis"):
             raise RetrainError(
@@ -593,7 +608,7 @@ def _advance(store, state, done: str, opts: Options, echo) -> RetrainResult:
     )
 
 
-def _learn(store, base, state, keys, read, ck, opts: Options, ranks: Ranks, echo) -> RetrainResult:
+def _learn(store, base, state, keys, read, catalogue, ck, opts: Options, ranks: Ranks, echo) -> RetrainResult:
     from training.data.snapshot import Event, merge
     from training.evaluation.holdout import score_holdout
     from training.export.exporter import code_version, export_run, version_metadata
@@ -607,13 +622,15 @@ def _learn(store, base, state, keys, read, ck, opts: Options, ranks: Ranks, echo
         for item in e.items:
             events.append(Event(e.user, item, order))
             order += 1
-    snap = merge(data, events)
+    snap = merge(data, events, catalogue=catalogue)
+    waiting = catalogue_waiting(catalogue, snap.data.item_ids)
     name = f"retrain-{snap.data.fingerprint[:12]}"
     snap_dir = state / "snapshots" / name
     snap.data.save(snap_dir)
     echo(
         f"read {read.count} stream entries ({len(events)} interactions) from {len(keys)} shard(s); "
-        f"snapshot {snap_dir.name}: {snap.stats}"
+        f"snapshot {snap_dir.name}: {snap.stats}; catalogue: {len(catalogue)} record(s), "
+        f"{len(waiting)} available item(s) without interactions yet (not trained)"
     )
     recorded = store.manifest(base).extra.get("retrain", {}).get("train_config")
     train_cfg = base_train_config(base_dir, recorded)
@@ -656,6 +673,13 @@ def _learn(store, base, state, keys, read, ck, opts: Options, ranks: Ranks, echo
         "snapshot": snap.stats,
         "dataset_dir": str(snap_dir.resolve()),
         "base_dataset": data_spec,
+        "catalogue": {
+            "records": len(catalogue),
+            "new_items_with_text": snap.stats["new_items_with_text"],
+            # available but never interacted with: no row to train; the service serves them from text
+            "waiting": len(waiting),
+            "waiting_items": waiting[:CATALOGUE_WAITING_LISTED],
+        },
         "train_config": train_cfg,
         "overrides": opts.train_overrides,
         "epochs": opts.epochs,
