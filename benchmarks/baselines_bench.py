@@ -9,10 +9,13 @@
 from another shuffle of the same protocol can be expected to lie).
 ``checks``: Pop under three random tie orders (is the tie rule behind a Pop difference?) and EASE's test
 R@20 averaged per user (the protocol) vs pooled over users (sum of hits / sum of min(20, |test|)).
+``order``: SASRec at fixed hyper-parameters reading each user's train items in time order (what the table
+reports), in reverse and in a fixed random order: how much the time order is worth on this split.
 
     OMP_NUM_THREADS=1 python -m benchmarks.baselines_bench protocol amazon-office
     OMP_NUM_THREADS=1 python -m benchmarks.baselines_bench seeds amazon-office --seeds 98765,1,2,3,4,5
     OMP_NUM_THREADS=1 python -m benchmarks.baselines_bench checks amazon-beauty
+    OMP_NUM_THREADS=1 python -m benchmarks.baselines_bench order amazon-office
 """
 
 from __future__ import annotations
@@ -99,9 +102,37 @@ def checks(name: str) -> None:
     print(f"EASE lam=200 test R@20: per-user mean {mean:.4f}, pooled {hits / denom:.4f}")
 
 
+def order(name: str) -> None:
+    import torch
+
+    from training.evaluation.baselines.base import selection_score
+    from training.evaluation.sequences import train_sequences
+
+    torch.set_num_threads(1)
+    ds = prepare(read_source(DATASETS / name), name)
+    timed = train_sequences(ds)
+    rng = np.random.default_rng(0)
+    variants = {"time order (table)": timed, "reversed": timed.copy(), "fixed random order": timed.copy()}
+    for u in range(ds.n_users):
+        a, b = timed.indptr[u], timed.indptr[u + 1]
+        variants["reversed"].indices[a:b] = timed.indices[a:b][::-1]
+        variants["fixed random order"].indices[a:b] = rng.permutation(timed.indices[a:b])
+    params = {"loss": "ce", "dropout": 0.5, "max_epochs": 30}
+    print(f"## {name}: SASRec {params}, valid and test R@20 / R@40 / N@100 by the order it reads")
+    print("| order | best epoch | valid | valid sum | test |")
+    print("|---|---|---|---|---|")
+    for label, seqs in variants.items():
+        m = get("sasrec")(**params).fit(ds.train, ds.valid, sequences=seqs)
+        v, t = evaluate(m.score, ds, "valid"), evaluate(m.score, ds, "test")
+        print(
+            f"| {label} | {m.info['best_epoch']} | {_fmt(v)} | {selection_score(v):.4f} | {_fmt(t)} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["protocol", "seeds", "checks"])
+    ap.add_argument("what", choices=["protocol", "seeds", "checks", "order"])
     ap.add_argument("dataset")
     ap.add_argument("--seeds", default="98765,1,2,3,4,5")
     args = ap.parse_args()
@@ -112,6 +143,8 @@ def main() -> None:
             protocol(args.dataset)
         elif args.what == "checks":
             checks(args.dataset)
+        elif args.what == "order":
+            order(args.dataset)
         else:
             seeds(args.dataset, [int(s) for s in args.seeds.split(",")])
 
