@@ -544,6 +544,8 @@ def main() -> None:
                 flush=True,
             )
             n += 1
+            if svc.poll() is not None:
+                raise RuntimeError(f"the service exited ({svc.returncode}) at {t_end:.0f} s; see {log_path}")
         events.join(timeout=120)
         if events.error is not None:
             raise events.error
@@ -601,7 +603,7 @@ def print_summary(r: dict) -> None:
         f"{s['service_rss_mib_per_hour_second_half']} MiB/h; Redis used_memory "
         f"{s['redis_used_memory_mib_second_half']} MiB, slope "
         f"{s['redis_used_memory_mib_per_hour_second_half']} MiB/h (~{s['redis_bytes_per_stored_write']} "
-        "bytes per stored write: stream entry + idempotency record + live history)"
+        "bytes per stored write, cache entries of newly seen users included)"
     )
     print(
         f"durability: {d['writes_acknowledged']} writes acknowledged, {d['writes_outcome_unknown']} unknown, "
@@ -635,20 +637,32 @@ def plot(r: dict, path: Path) -> None:
     ax[1].plot(t, redis_mem, label="Redis used_memory", color="C1")
     ax[1].set_ylabel("MiB")
     ax[1].legend(loc="upper left")
-    err = [x["answers"]["n_errors"] for x in w]
-    doc = [x["answers"]["n_documented_503"] for x in w]
     width = r["sample_s"] / 60 * 0.8
-    ax[2].bar(t, doc, width=width, color="C1", label="documented 503s (Retry-After)")
-    ax[2].bar(t, err, width=width, bottom=doc, color="C3", label="errors")
+    bottom = np.zeros(len(w))
+    kinds = sorted({k for x in w for k in x["answers"]["documented_503"]})
+    for i, kind in enumerate(kinds):
+        n = np.array([x["answers"]["documented_503"].get(kind, 0) for x in w])
+        ax[2].bar(t, n, width=width, bottom=bottom, color=f"C{i + 1}", label=f"documented: {kind}")
+        bottom += n
+    err = np.array([x["answers"]["n_errors"] for x in w])
+    ax[2].bar(t, err, width=width, bottom=bottom, color="k", label=f"errors ({int(err.sum())})")
     ax[2].set_ylabel("answers per window")
     ax[2].set_xlabel("minutes")
-    ax[2].legend(loc="upper left")
+    ax[2].legend(loc="upper left", fontsize=8)
     for ev in r["events"]:
+        start = ev["t_s"] / 60
+        if ev["event"] == "redis restart":  # down from the SIGKILL until it answers again
+            end = start + (ev["down_s"] + ev["aof_load_s"]) / 60
+            label = f"Redis killed, {ev['down_s']:g} s down"
+        else:  # promoted, then served once the poller has loaded (and warmed) it
+            end = start + ev["serving_after_s"] / 60
+            label = f"promoted, served after {ev['serving_after_s']:g} s"
         for a in ax:
-            a.axvline(ev["t_s"] / 60, color="k", ls="--", lw=0.8)
+            a.axvspan(start, end, color="0.85", zorder=0)
+            a.axvline(start, color="k", ls="--", lw=0.8)
         ax[0].annotate(
-            ev["event"],
-            (ev["t_s"] / 60, 1),
+            label,
+            (start, 1),
             xycoords=("data", "axes fraction"),
             va="top",
             fontsize=8,
