@@ -11,13 +11,14 @@ checked).
         --variants full no_bias ones_bias no_neighbourhood no_pretrain
 
 Variants (TrainConfig overrides on top of the defaults and ``--set``):
-  full              the recipe: pre-training (content + collaborative + groups + neighbour prompts),
-  fine-tuning
-                    on predictive prompts with co-users and two-hop items, hop-distance bias
+  full              the default recipe, exactly what `edgerec train DATASET` does (the file's
+                    "default_variant"): fine-tuning on predictive prompts with co-users and two-hop items,
+                    hop-distance bias, candidate prior (no pre-training since the default changed)
+  pretrain          the paper's pre-training first (content + collaborative + group + neighbour prompts)
   no_bias           graph bias off (all zero) everywhere
   ones_bias         every id–id pair gets 1: token-type pattern only, no graph distances
   no_neighbourhood  no co-users / two-hop items in predictive prompts, no neighbour or group prompts
-  no_pretrain       fine-tuning only (SVD-initialised id tables)
+  no_pretrain       fine-tuning only (SVD-initialised id tables): the same as full under today's default
   no_user_token     prompts without user_<u> tokens (the anonymous form everywhere)
   weak_reg          mutual regulariser weight 0.01 instead of 1 (it pulls the SVD-initialised collaborative
                     tables toward content tables that drift far during word-LM epochs)
@@ -53,12 +54,25 @@ VARIANTS: dict[str, dict] = {
         "group_prompts": False,
     },
     "no_pretrain": {"pretrain_rounds": 0, "content_warmup": 0},
+    "pretrain": {"pretrain_rounds": 2, "content_warmup": 1},
     "no_user_token": {"prompt": {"use_user_token": False}},
     "weak_reg": {"reg_lambda": 0.01},
     "variants12": {"target_variants": 12},
     "held_out_targets": {"all_train_targets": False},
 }
 VARIANTS["no_neighbourhood_no_bias"] = {**VARIANTS["no_neighbourhood"], "bias": {"enabled": False}}
+
+
+def _default_recipe() -> str:
+    """A short hash of TrainConfig's defaults: what "full" meant when the file was written."""
+    import hashlib
+
+    from training.recipe.train import TrainConfig
+
+    fields = TrainConfig(dataset="").to_dict()
+    for key in ("dataset", "run_dir", "seed"):
+        fields.pop(key, None)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -242,6 +256,9 @@ def _keep_other_variants(result: dict, path: Path) -> None:
     old = json.loads(path.read_text())
     if old.get("dataset", {}).get("fingerprint") != result["dataset"]["fingerprint"]:
         return
+    # runs made under another default recipe are not rows of this one (full = the default at the time)
+    if old.get("default_recipe") != result["default_recipe"]:
+        return
     merged = dict(old.get("variants", {}))
     # variants whose runs all came from other invocations, whose commands this file's header does not show
     earlier = sorted(set(merged) - set(result["variants"]))
@@ -334,6 +351,8 @@ def main(argv: list[str] | None = None) -> None:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads_per_run": args.threads},
         "seeds": args.seeds,
+        "default_variant": "full",  # `edgerec train DATASET` with no options (plus common_overrides)
+        "default_recipe": _default_recipe(),
         "common_overrides": common,
         "variants": {},
         "baselines": _baselines(ds.name, ds.fingerprint),

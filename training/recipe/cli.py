@@ -1,4 +1,5 @@
-"""`edgerec train DATASET` (the whole recipe), `edgerec pretrain DATASET`, `edgerec finetune DATASET`.
+"""`edgerec train DATASET` (the whole recipe), `edgerec pretrain DATASET` (needs pretrain_rounds > 0),
+`edgerec finetune DATASET`.
 
 Multi-process: ``torchrun --nproc-per-node N -m edgerec.cli train DATASET`` (gloo on CPU, NCCL on GPU).
 """
@@ -61,6 +62,12 @@ def _run(
         fields["run_dir"] = str(run_dir)
     try:
         cfg = TrainConfig.from_dict(fields)
+        if stage == "pretrain" and cfg.pretrain_rounds == 0 and cfg.content_warmup == 0:
+            raise ValueError(
+                "pre-training is off in this config (pretrain_rounds=0, content_warmup=0: the default "
+                "recipe is fine-tuning alone); the paper's schedule is --set pretrain_rounds=2 "
+                "--set content_warmup=1"
+            )
         metrics = train(cfg, resume=resume, overwrite=overwrite, stages=_STAGES[stage], quiet=quiet)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -93,6 +100,10 @@ def register(app: typer.Typer) -> None:
         command.__doc__ = help_text
         app.command(stage)(command)
 
-    make("train", "Train the graph-attentive GPT-2: pre-training, fine-tuning, test metrics.")
-    make("pretrain", "Only the pre-training stage (collaborative + content prompts).")
+    make(
+        "train",
+        "Train the graph-attentive GPT-2: fine-tuning (after pre-training when pretrain_rounds or "
+        "content_warmup > 0; off by default), test metrics.",
+    )
+    make("pretrain", "Only pre-training (collaborative + content prompts); needs pretrain_rounds > 0.")
     make("finetune", "Only fine-tuning (starts from the run's pre-trained weights when present).")
