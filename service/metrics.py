@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,6 +20,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from service.catalogue import CatalogueView
 
 # The last retrain's status record, under the model store (written atomically by `edgerec retrain`).
 RETRAIN_STATUS_FILE = Path("retrain") / "last.json"
@@ -99,6 +103,17 @@ class Metrics:
             registry=r,
         )
         self.redis_up = Gauge("edgerec_redis_up", "1 while the last Redis call succeeded.", registry=r)
+        self.catalogue_writes = Counter(
+            "edgerec_catalogue_writes_total",
+            "Catalogue writes (PUT/DELETE /items) by operation and outcome: stored, not_stored, unknown "
+            "(Redis may have stored it), not_found (DELETE of an item nobody knows).",
+            ["op", "outcome"],
+            registry=r,
+        )
+        for op in ("put", "delete"):
+            for outcome in ("stored", "not_stored", "unknown"):
+                self.catalogue_writes.labels(op, outcome)
+        self._catalogue_watched = False
         hit_ratio = Gauge(
             "edgerec_cache_hit_ratio", "Neighbourhood cache hits / lookups since start.", registry=r
         )
@@ -127,8 +142,54 @@ class Metrics:
         total = sum(counts.values())
         return counts["hit"] / total if total else 0.0
 
+    def watch_catalogue(self, view: Callable[[], CatalogueView | None]) -> None:
+        """Report the served version's catalogue view (``view()``, None before a model loads) when scraped."""
+        if not self._catalogue_watched:  # one app's lifespan may run more than once (tests)
+            self.registry.register(CatalogueGauges(view))
+            self._catalogue_watched = True
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class CatalogueGauges:
+    """``edgerec_catalogue_*`` gauges of the served view, read when scraped (the view is replaced whole on a
+    change, so one read is one consistent state). No model loaded: no series."""
+
+    def __init__(self, view: Callable[[], CatalogueView | None]) -> None:
+        self.view = view
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        v = self.view()
+        if v is None:
+            return
+        available = sum(1 for rec in v.records.values() if rec.get("available"))
+        yield GaugeMetricFamily(
+            "edgerec_catalogue_seq",
+            "Catalogue sequence number this process's view was built from (-1: never loaded).",
+            value=float(-1 if v.seq is None else v.seq),
+        )
+        records = GaugeMetricFamily(
+            "edgerec_catalogue_records",
+            "Catalogue records in the view, by availability.",
+            labels=["available"],
+        )
+        records.add_metric(["true"], float(available))
+        records.add_metric(["false"], float(len(v.records) - available))
+        yield records
+        yield GaugeMetricFamily(
+            "edgerec_catalogue_new_items",
+            "Items the served version does not know that are recommendable now (vector from the text model).",
+            value=float(len(v.new)),
+        )
+        yield GaugeMetricFamily(
+            "edgerec_catalogue_withdrawn_model_items",
+            "Items of the served version withdrawn through the catalogue (left out of every answer).",
+            value=float(len(v.excluded)),
+        )
 
 
 class RetrainStatus:

@@ -102,6 +102,17 @@ def text_of(http, item_id) -> dict:
 TEXT = ("brand", "categories", "description")
 
 
+def metric(http, name: str, **labels) -> float | None:
+    """One sample of GET /metrics (None: no such series)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
 def everything(http, store, user, **opts):
     """The user's answer over the whole catalogue (known + new items)."""
     return http.post(f"/recommend/{user}", json={"k": len(store.item_ids) + 50, **opts})
@@ -113,9 +124,14 @@ def test_new_item_is_recommended_without_a_new_version(http, store):
     version = http.get("/model").json()["version"]
     top = ids(http.post(f"/recommend/{user}", json={"k": 1}))[0]
     body = text_of(http, top) | {"title": "Brand-new " + text_of(http, top)["title"]}
+    puts = metric(http, "edgerec_catalogue_writes_total", op="put", outcome="stored")
+    new_items = metric(http, "edgerec_catalogue_new_items")
 
     r = put(http, "new-item-like-top", body)
     assert r.status_code == 201, r.text
+    assert metric(http, "edgerec_catalogue_writes_total", op="put", outcome="stored") == puts + 1
+    assert metric(http, "edgerec_catalogue_new_items") == new_items + 1
+    assert metric(http, "edgerec_catalogue_seq") == r.json()["catalogue_seq"]
     assert r.json()["recommendable"] is True and r.json()["source"] == "catalogue"
     assert r.json()["reason"] is None and r.json()["created"] is True
 
@@ -304,6 +320,8 @@ def test_new_item_write_is_a_503_that_stores_nothing_while_redis_is_down(store, 
                 and "nothing was stored" in r.json()["detail"]["message"]
             )
             assert delete(http, "new-item-before").status_code == 503
+            assert metric(http, "edgerec_catalogue_writes_total", op="put", outcome="not_stored") == 1
+            assert metric(http, "edgerec_catalogue_writes_total", op="delete", outcome="not_stored") == 1
             assert http.get("/items/new-item-before").json()["available"] is True  # served from memory
             rs.start()  # same data (AOF): what was acknowledged is there, nothing else
             client = redis.Redis.from_url(rs.url)

@@ -13,9 +13,10 @@ from fastapi import APIRouter, HTTPException, Path, Response, status
 from redis.exceptions import RedisError
 
 from service.api.common import ERRORS
-from service.api.deps import AdminKey, ApiKey, CatalogueDep, ModelDep, SettingsDep
+from service.api.deps import AdminKey, ApiKey, CatalogueDep, MetricsDep, ModelDep, SettingsDep
 from service.catalogue import Catalogue, CatalogueUnavailable, Written
 from service.logging import request_id_var
+from service.metrics import Metrics
 from service.schemas import ErrorResponse, ItemResponse, ItemWrite, ItemWriteResponse
 from service.serving import ServingModel
 
@@ -81,6 +82,7 @@ async def put_item(
     model: ModelDep,
     catalogue: CatalogueDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
     response: Response,
 ) -> ItemWriteResponse:
     """Add an item or replace its text (an item of the served version too: its title then shows in answers).
@@ -90,7 +92,8 @@ async def put_item(
     try:
         written = await catalogue.put(item_id, fields, body.available)
     except CatalogueUnavailable as exc:
-        raise _unavailable(exc, settings.retry_after_s) from None
+        raise _unavailable(exc, settings.retry_after_s, metrics, "put") from None
+    metrics.catalogue_writes.labels("put", "stored").inc()
     if written.created:
         response.status_code = status.HTTP_201_CREATED
     return await _answer(catalogue, model, written)
@@ -103,7 +106,7 @@ async def put_item(
     responses={**_WRITE_ERRORS, 404: {"model": ErrorResponse, "description": "Unknown item"}},
 )
 async def delete_item(
-    item_id: ItemPath, model: ModelDep, catalogue: CatalogueDep, settings: SettingsDep
+    item_id: ItemPath, model: ModelDep, catalogue: CatalogueDep, settings: SettingsDep, metrics: MetricsDep
 ) -> ItemWriteResponse:
     """Withdraw an item (of the served version or the catalogue): it leaves every answer at once. The record
     stays, with `available: false`, so the next retrain knows; PUT it again to bring it back."""
@@ -112,7 +115,8 @@ async def delete_item(
     try:
         written = await catalogue.delete(item_id, known)
     except CatalogueUnavailable as exc:
-        raise _unavailable(exc, settings.retry_after_s) from None
+        raise _unavailable(exc, settings.retry_after_s, metrics, "delete") from None
+    metrics.catalogue_writes.labels("delete", "stored" if written is not None else "not_found").inc()
     if written is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
@@ -147,7 +151,8 @@ async def _answer(catalogue: Catalogue, model: ServingModel, written: Written) -
     )
 
 
-def _unavailable(exc: CatalogueUnavailable, retry_after_s: int) -> HTTPException:
+def _unavailable(exc: CatalogueUnavailable, retry_after_s: int, metrics: Metrics, op: str) -> HTTPException:
+    metrics.catalogue_writes.labels(op, "unknown" if exc.stored == "unknown" else "not_stored").inc()
     if exc.stored == "unknown":
         msg = "catalogue store (Redis) did not answer in time: the write MAY have been stored; repeat it"
     else:

@@ -25,19 +25,6 @@ from service.serving import ServingModel
 router = APIRouter(tags=["recommend"], dependencies=[ApiKey])
 
 
-def _similar_text(model: ServingModel, idx: np.ndarray) -> dict[int, tuple[int, float]]:
-    """The new catalogue items among ``idx`` (codes >= n_items): nearest known item by text, similarity."""
-    view = model.catalogue
-    if view is None:
-        return {}
-    out = {}
-    for code in idx[idx >= model.n_items].tolist():
-        new = view.new.get(view.ids[code - view.n_items])
-        if new is not None and new.nearest >= 0:
-            out[code] = (new.nearest, new.similarity)
-    return out
-
-
 def _reasons(model: ServingModel, rec: Recommendation, idx: np.ndarray) -> list[list[dict[str, Any]]]:
     """Each item's reasons (service.explain) with the items they name as id and title."""
     per_item = explain(
@@ -47,7 +34,7 @@ def _reasons(model: ServingModel, rec: Recommendation, idx: np.ndarray) -> list[
         rec.co_users,
         user=model.user_index.get(rec.user_id),
         item_norm=model.builder.cfg.two_hop_norm,
-        similar=_similar_text(model, idx),
+        similar=model.catalogue.similar(idx.tolist()) if model.catalogue is not None else {},
     )
     for reasons in per_item:
         for r in reasons:
