@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from inference.item_text import TEXT_FIELDS, item_text
 from inference.side_index import SideIndex
+from service.background import cancelled
 from service.idempotency import certainly_not_sent
 
 if TYPE_CHECKING:
@@ -385,7 +386,7 @@ class Catalogue:
     async def poll(self, every_s: float) -> None:
         """Follow the catalogue's sequence number (each replica runs one)."""
         failing = False
-        while True:
+        while not cancelled():  # not only the exception: redis-py can swallow it (service/background.py)
             await asyncio.sleep(every_s)
             try:
                 await self.refresh()

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.errors import error_response, http_error, validation_error
 from service.api.routes import admin, health, interactions, items, metrics, model, recommend
+from service.background import stop
 from service.cache import Cache
 from service.catalogue import Catalogue
 from service.config import Settings
@@ -75,14 +76,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if state.warm_task is not None:
-            state.warm_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await state.warm_task
+        await stop([*tasks, state.warm_task])
         if state.holder.current is not None:
             state.holder.current.retire()
         state.recommender.close()

@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from model_store import ModelStore, ModelStoreError, NoCurrentVersion
+from service.background import cancelled
 from service.state import AppState
 from service.warmer import start_warming
 
@@ -114,7 +115,7 @@ async def poll_store(state: AppState, every_s: float) -> None:
     """Follow the store's CURRENT pointer while nothing is pinned."""
     failed: str | None = None  # a version that failed to load is not retried until CURRENT moves on
     store = ModelStore(state.settings.store_root)
-    while True:
+    while not cancelled():  # not only the exception: redis-py can swallow it (service/background.py)
         await asyncio.sleep(every_s)
         if state.holder.pinned is not None:
             continue

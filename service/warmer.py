@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 
+from service.background import cancelled
 from service.cache import RedisUnavailable
 from service.serving import ServingModel
 from service.state import AppState
@@ -33,6 +34,8 @@ async def warm_cache(state: AppState, model: ServingModel) -> None:
     users, step = model.user_ids, settings.warm_concurrency
     t0 = time.perf_counter()
     for start in range(0, len(users), step):
+        if cancelled():  # a redis call may have swallowed the CancelledError (service/background.py)
+            return
         if state.holder.current is not model:
             log.info("cache warming stopped: another version is served", extra={"version": model.version})
             return

@@ -71,6 +71,9 @@ class ServerThread:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+        # a graceful shutdown that hangs is a bug (a pod would sit out its grace period): fail on it
+        if self.thread.is_alive() and exc[0] is None:
+            raise AssertionError("uvicorn did not stop within 30 s of should_exit (a shutdown hang)")
 
 
 # ------------------------------------------------------------------------------------------ tiny real model
