@@ -26,7 +26,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("0.0.0.0", description="Bind address of `edgerec serve`.")
     port: int = Field(8000, ge=1, le=65535, description="Port of `edgerec serve`.")
-    workers: int = Field(1, ge=1, description="uvicorn worker processes of `edgerec serve`.")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="uvicorn worker processes of `edgerec serve`. Each keeps its own metrics, so with more "
+        "than one a scrape of /metrics sees the worker that answered it; scale with replicas (one worker "
+        "each, as the manifests do) where the metrics matter.",
+    )
 
     redis_url: str | None = Field(
         None,
