@@ -122,7 +122,7 @@ def ndcg_at_k(hits: np.ndarray, n_heldout: np.ndarray, k: int) -> np.ndarray:
     discounts = 1.0 / np.log2(np.arange(k) + 2.0)
     dcg = (hits[:, :k] * discounts).sum(axis=1)
     ideal_cum = np.concatenate([[0.0], np.cumsum(discounts)])
-    idcg = ideal_cum[np.minimum(k, n_heldout)]
+    idcg = ideal_cum[np.minimum(k, n_heldout).astype(np.int64)]  # counts may come as floats (sparse sums)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = dcg / idcg
     out[n_heldout == 0] = np.nan
