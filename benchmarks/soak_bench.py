@@ -379,15 +379,19 @@ class Events(threading.Thread):
             self.error = exc
 
 
-def prepare_inputs(work: Path, vdir: Path) -> tuple[Path, Path]:
+def prepare_inputs(work: Path, vdir: Path, vdir_b: Path | None = None) -> tuple[Path, Path]:
     """users.txt (URL-quoted ids drawn by train activity, plus 1 % unknown users) and items.txt (JSON
-    strings of the version's catalogue), the lists the Lua script draws from."""
+    strings of the catalogue), the lists the Lua script draws from. With ``vdir_b`` only the items both
+    versions know: a write of an item the swapped-to version lacks is a correct 422, not a service error."""
     users = json.loads((vdir / "user_ids.json").read_text())
     drawn = draw_users(vdir, users, "activity", n=100_000)
     drawn += [f"soak-unknown-{i % 100}" for i in range(len(drawn) // 100)]
     users_file, items_file = work / "users.txt", work / "items.txt"
     users_file.write_text("\n".join(urllib.parse.quote(u, safe="") for u in drawn) + "\n")
     items = json.loads((vdir / "item_ids.json").read_text())
+    if vdir_b is not None:
+        known_b = set(json.loads((vdir_b / "item_ids.json").read_text()))
+        items = [i for i in items if i in known_b]
     items_file.write_text("\n".join(json.dumps(i) for i in items) + "\n")
     return users_file, items_file
 
@@ -452,7 +456,7 @@ def main() -> None:
         sys.exit(f"--version-b is the CURRENT version {version_a}: nothing to swap to")
     vdir = store.path(version_a)
     work = Path(tempfile.mkdtemp(prefix="edgerec-soak-"))
-    users_file, items_file = prepare_inputs(work, vdir)
+    users_file, items_file = prepare_inputs(work, vdir, store.path(version_b))
     (work / "redis").mkdir()
     redis_server = RedisServer(work / "redis", free_port())
     port = free_port()

@@ -104,3 +104,22 @@ def test_summary_bytes_per_stored_write() -> None:
     s = summarize(windows, [], duration_s=1000)
     assert s["redis_used_memory_mib_per_hour_second_half"] == pytest.approx(36.0)
     assert s["redis_bytes_per_stored_write"] == round(2**20 / 1000)
+
+
+def test_prepare_inputs_draws_only_items_both_versions_know(tmp_path, monkeypatch) -> None:
+    import json
+
+    from benchmarks import soak_bench
+
+    a, b, work = tmp_path / "a", tmp_path / "b", tmp_path / "work"
+    for d in (a, b, work):
+        d.mkdir()
+    (a / "user_ids.json").write_text(json.dumps(["u1", "u 2"]))
+    (a / "item_ids.json").write_text(json.dumps(["i1", "i2", "i3"]))
+    (b / "item_ids.json").write_text(json.dumps(["i3", "i1"]))
+    monkeypatch.setattr(soak_bench, "draw_users", lambda vdir, users, how, n: list(users))
+    users_file, items_file = soak_bench.prepare_inputs(work, a, b)
+    assert items_file.read_text().split() == ['"i1"', '"i3"']  # A's order, minus what B lacks
+    assert users_file.read_text().split() == ["u1", "u%202"]
+    _, only_a = soak_bench.prepare_inputs(work, a)
+    assert only_a.read_text().split() == ['"i1"', '"i2"', '"i3"']
