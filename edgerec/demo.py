@@ -21,9 +21,7 @@ DEMO_TRAIN = {
     "n_embd": 64,
     "n_head": 2,
     "word_vocab": 2000,
-    "pretrain_rounds": 1,
-    "content_warmup": 0,
-    "epochs": 4,
+    "epochs": 4,  # fine-tuning alone, as the full recipe
     "lr": 3e-4,  # the full recipe's 1e-4 needs ~20 epochs; the demo has 4
     "patience": 2,
     "max_eval_users": 300,
