@@ -264,8 +264,12 @@ def score_offline(result: dict, version_dir: Path, prepared: Path, args, held: l
     # the probe of "recommendable at once": the test user and new item where a new item ranks highest in
     # the merged search, so its answer shows the item as soon as the service has it
     merged = np.vstack(after)
-    row, col = min(zip(*np.nonzero(merged >= v.n_items), strict=True), key=lambda rc: (rc[1], rc[0]))
-    probe = (v.user_ids[int(t_users[row])], held[int(merged[row, col]) - v.n_items], int(col) + 1)
+    rows, cols = np.nonzero(merged >= v.n_items)
+    probe = None  # no new item in any top 100: nothing to time
+    if len(rows):
+        k = np.lexsort((rows, cols))[0]
+        row, col = int(rows[k]), int(cols[k])
+        probe = (v.user_ids[int(t_users[row])], held[int(merged[row, col]) - v.n_items], col + 1)
     result["_check"] = {"users": users, "vecs": vecs, "tv": tv, "v": v, "held": held, "probe": probe}
 
 
@@ -297,8 +301,8 @@ def check_service(result: dict, store: Path, args, held: list[str], work: Path, 
                     pass
                 time.sleep(0.2)
             lat = []
-            probe_user, probe_item, probe_rank = chk["probe"]
-            order = [probe_item] + [it for it in held if it != probe_item]  # the probe's item first
+            probe_user, probe_item, probe_rank = chk["probe"] or (None, None, None)
+            order = [probe_item] + [it for it in held if it != probe_item] if probe_item else held
             for n, it in enumerate(order):
                 body = {f: meta[it][f] for f in TEXT_FIELDS if meta.get(it, {}).get(f)}
                 body.setdefault("title", it)
@@ -306,7 +310,7 @@ def check_service(result: dict, store: Path, args, held: list[str], work: Path, 
                 r = c.put(f"/items/{it}", json=body)
                 r.raise_for_status()
                 lat.append(time.perf_counter() - t0)
-                if n == 0:  # PUT until the item is in the probe user's answer (None: not within 5 s)
+                if n == 0 and probe_item:  # PUT until it is in the probe user's answer (None: not in 5 s)
                     t_put, seen = time.perf_counter(), False
                     while not seen and time.perf_counter() - t_put < 5:
                         ans = c.post(f"/recommend/{probe_user}", json={"k": 100}).json()

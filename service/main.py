@@ -65,7 +65,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.catalogue = Catalogue(
         redis.client, settings.redis_prefix, lambda: holder.current, timeout_s=settings.redis_timeout_s
     )
-    m.watch_catalogue(lambda: holder.current.catalogue if holder.current is not None else None)
+    m.catalogue_view = lambda: holder.current.catalogue if holder.current is not None else None
     app.state.edgerec = state
     await cache.ping()
     with contextlib.suppress(LoadFailed):  # logged; /readyz says why until a load succeeds

@@ -113,7 +113,9 @@ class Metrics:
         for op in ("put", "delete"):
             for outcome in ("stored", "not_stored", "unknown"):
                 self.catalogue_writes.labels(op, outcome)
-        self._catalogue_watched = False
+        # the served catalogue view, read when scraped; lifespan points it at its model holder
+        self.catalogue_view: Callable[[], CatalogueView | None] = lambda: None
+        r.register(CatalogueGauges(lambda: self.catalogue_view()))
         hit_ratio = Gauge(
             "edgerec_cache_hit_ratio", "Neighbourhood cache hits / lookups since start.", registry=r
         )
@@ -141,12 +143,6 @@ class Metrics:
         }
         total = sum(counts.values())
         return counts["hit"] / total if total else 0.0
-
-    def watch_catalogue(self, view: Callable[[], CatalogueView | None]) -> None:
-        """Report the served version's catalogue view (``view()``, None before a model loads) when scraped."""
-        if not self._catalogue_watched:  # one app's lifespan may run more than once (tests)
-            self.registry.register(CatalogueGauges(view))
-            self._catalogue_watched = True
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
