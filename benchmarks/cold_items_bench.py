@@ -7,7 +7,8 @@
 3. **Add** the held-out items to a running service with ``PUT /items/{id}``, text only (title, brand,
    categories), and time how long until one shows up in ``POST /recommend``.
 4. **Score**: for each user of the prepared data who chose held-out items, rank the held-out items by the
-   model's text path (the user's served vector · the item's text vector, ``inference.item_text``) and report
+   model's text path (the user's served vector · the item's text vector, plus the history affinity the text
+   model's export chose, ``inference.item_text``; the vector alone is a row of its own) and report
    recall@20/40 and NDCG@100 of the items they chose, against random, popularity among the new items (an
    oracle: it counts the held-out interactions themselves) and TF-IDF item-kNN from the user's history (word
    tf-idf cosine between each new item and the user's train items, summed). The same user vectors and side
@@ -228,15 +229,20 @@ def score_offline(result: dict, version_dir: Path, prepared: Path, args, held: l
         "random": metrics(rng.random((len(users), len(held))), truth),
         "popularity among new items (oracle counts)": metrics(np.broadcast_to(pop, own.shape) - own, truth),
         "TF-IDF item-kNN from history": metrics(sim, truth),
-        "edgerec text path (user vector · text vector)": metrics(vecs @ tv.vectors.T, truth),
+        "edgerec text path, vector only (user vector · text vector)": metrics(vecs @ tv.vectors.T, truth),
     }
+    # the served score: the vector plus the history affinity (its weight chosen at export; 0: vector alone)
+    affinity = v.text.affinity(vecs, hist, tv.bags)
+    served = vecs @ tv.vectors.T + (affinity if affinity is not None else 0.0)
+    if affinity is not None:
+        rows_out["edgerec text path (as served: + history affinity)"] = metrics(served, truth)
     result["new_item_table"] = rows_out
 
     # overall test metrics of known items, with and without the new items in the search
     test = ds.test
     known = (ds.train + ds.valid).tocsr()
     t_users = np.flatnonzero(np.asarray(test.sum(1)).ravel() > 0)
-    side = SideIndex(v.n_items + np.arange(len(held)), tv.vectors)
+    side = SideIndex(v.n_items + np.arange(len(held)), tv.vectors, tv.bags)
     before, after = [], []
     for start in range(0, len(t_users), 512):
         b = t_users[start : start + 512]
@@ -249,7 +255,7 @@ def score_offline(result: dict, version_dir: Path, prepared: Path, args, held: l
         excl = [known.indices[known.indptr[u] : known.indptr[u + 1]] for u in b]
         ids, sc = v.search(bv, NDCG_K, excl, boosts)
         before.append(ids)
-        after.append(side.merge(bv, ids, sc)[0])
+        after.append(side.merge(bv, ids, sc, None, v.text.affinity(bv, h, tv.bags))[0])
     t = test[t_users]
     wide = sp.hstack([t, sp.csr_matrix((len(t_users), len(held)))]).tocsr()
     n = np.asarray(t.sum(1)).ravel()
@@ -270,7 +276,7 @@ def score_offline(result: dict, version_dir: Path, prepared: Path, args, held: l
         k = np.lexsort((rows, cols))[0]
         row, col = int(rows[k]), int(cols[k])
         probe = (v.user_ids[int(t_users[row])], held[int(merged[row, col]) - v.n_items], col + 1)
-    result["_check"] = {"users": users, "vecs": vecs, "tv": tv, "v": v, "held": held, "probe": probe}
+    result["_check"] = {"users": users, "served": served, "v": v, "held": held, "probe": probe}
 
 
 def check_service(result: dict, store: Path, args, held: list[str], work: Path, env: dict) -> None:
@@ -332,7 +338,7 @@ def check_service(result: dict, store: Path, args, held: list[str], work: Path, 
                     if x["id"] in held_set
                 ]
                 row = int(np.flatnonzero(chk["users"] == r_)[0])
-                order = np.argsort(-(chk["vecs"][row] @ chk["tv"].vectors.T), kind="stable")
+                order = np.argsort(-chk["served"][row], kind="stable")
                 want = [held[j] for j in order[: len(got)]]
                 agree.append(got[:5] == want[:5])
             result["service_agrees_top5_new_items"] = f"{sum(agree)}/{len(agree)}"

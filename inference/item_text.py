@@ -9,11 +9,15 @@ item ``i`` is described as ``<text>``, so the word table is trained to line up w
 * **neighbours** — the collaborative vectors of the known items whose text (idf-weighted bag of the model's
   word pieces) is most similar, softmax-weighted by that similarity.
 
-The vector is ``alpha * projection + (1 - alpha) * neighbours``; ``alpha``, the ridge strength, the neighbour
-count and the softmax temperature are chosen at export on items held out of the fit
-(``training/export/text_model.py``). Scores are ``user_vector @ v`` like any item row, so a new item joins the
-exact top-k without a rebuild. ``nearest`` (the most similar known item) stands in for a new item in a prompt
-and names the reason ("similar text to ...").
+The vector is ``alpha * projection + (1 - alpha) * neighbours``. A new item's score is ``user_vector @ v``
+plus its **history affinity**, the text counterpart of the candidate prior that known items get from the
+graph: ``beta * |user_vector| * c * cos(profile, bag)``, where ``profile`` is the sum of the bags of the
+user's history items and ``c`` the mean norm of the version's item vectors (so the term scales with the
+user vector like the dot product does, and one ``beta`` fits every user). ``alpha``, ``beta``, the ridge
+strength, the neighbour count and the softmax temperature are chosen at export on items held out of the
+fit (``training/export/text_model.py``); a version exported before ``beta`` existed has ``beta = 0``. A new
+item joins the exact top-k without a rebuild (``inference.side_index``). ``nearest`` (the most similar known
+item) stands in for a new item in a prompt and names the reason ("similar text to ...").
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class TextVectors:
     vectors: np.ndarray  # float32 [n, D] in the item-embedding space
     nearest: np.ndarray  # int64 [n] most text-similar known item (-1: the text shares no word piece with any)
     similarity: np.ndarray  # float32 [n] cosine similarity of the bags of word pieces to ``nearest``
+    bags: sp.csr_matrix  # [n, words] the texts' L2-normalised tf-idf bags (for the history affinity)
 
 
 def bag_of_pieces(token_lists: Sequence[np.ndarray], idf: np.ndarray) -> sp.csr_matrix:
@@ -52,9 +57,14 @@ def bag_of_pieces(token_lists: Sequence[np.ndarray], idf: np.ndarray) -> sp.csr_
     cols = np.concatenate(token_lists) if token_lists else np.zeros(0, dtype=np.int64)
     bag = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(token_lists), n_words))
     bag.sum_duplicates()
-    bag = bag.multiply(idf[None, :]).tocsr().astype(np.float32)
-    norms = np.sqrt(np.asarray(bag.multiply(bag).sum(axis=1)).ravel())
-    return sp.diags(np.where(norms > 0, 1.0 / np.maximum(norms, 1e-12), 0.0).astype(np.float32)) @ bag
+    return l2_rows(bag.multiply(idf[None, :]).tocsr().astype(np.float32))
+
+
+def l2_rows(m: sp.spmatrix) -> sp.csr_matrix:
+    """``m`` with each row scaled to unit length (all-zero rows stay zero)."""
+    m = sp.csr_matrix(m, dtype=np.float32)
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    return (sp.diags(np.where(norms > 0, 1.0 / np.maximum(norms, 1e-12), 0.0).astype(np.float32)) @ m).tocsr()
 
 
 def tokenize(tok: RecTokenizer, texts: Sequence[str]) -> list[np.ndarray]:
@@ -76,6 +86,7 @@ class TextVectoriser:
         alpha: float,
         k: int,
         tau: float,
+        beta: float = 0.0,
     ) -> None:
         if proj.shape[0] != len(idf) or known_bag.shape != (len(item_vectors), len(idf)):
             raise ValueError(
@@ -84,15 +95,20 @@ class TextVectoriser:
             )
         self.tok = tok
         self.proj, self.bias, self.idf = proj, bias, idf
+        self.known_bag = known_bag.tocsr()  # [items, words]: a history's profile is a sum of its rows
         self.known_bag_t = known_bag.T.tocsr()  # [words, items]: a text's similarities in one product
         self.item_vectors = item_vectors
-        self.alpha, self.k, self.tau = float(alpha), int(k), float(tau)
+        self.alpha, self.k, self.tau, self.beta = float(alpha), int(k), float(tau), float(beta)
+        # the typical item vector's length: the affinity term is in the units of a user·item score
+        self.item_scale = (
+            float(np.linalg.norm(np.asarray(item_vectors), axis=1).mean()) if len(item_vectors) else 0.0
+        )
         self.dim = int(proj.shape[1])
 
     # -- persistence ---------------------------------------------------------------------------------------
 
     def arrays(self) -> dict[str, np.ndarray]:
-        bag = self.known_bag_t.T.tocsr()
+        bag = self.known_bag
         return {
             "proj": self.proj,
             "bias": self.bias,
@@ -107,7 +123,7 @@ class TextVectoriser:
         out.mkdir(parents=True, exist_ok=True)
         for name, arr in self.arrays().items():
             np.save(out / f"{name}.npy", np.ascontiguousarray(arr))
-        params = {"alpha": self.alpha, "k": self.k, "tau": self.tau}
+        params = {"alpha": self.alpha, "k": self.k, "tau": self.tau, "beta": self.beta}
         (out / "params.json").write_text(json.dumps(params))
 
     @classmethod
@@ -130,7 +146,7 @@ class TextVectoriser:
         params = json.loads((src / "params.json").read_text())
         return cls(
             tok, arr("proj").astype(np.float32), arr("bias").astype(np.float32), idf, bag, item_vectors,
-            alpha=params["alpha"], k=int(params["k"]), tau=params["tau"],
+            alpha=params["alpha"], k=int(params["k"]), tau=params["tau"], beta=params.get("beta", 0.0),
         )  # fmt: skip
 
     # -- text → vector -------------------------------------------------------------------------------------
@@ -146,7 +162,34 @@ class TextVectoriser:
         # a text sharing no word piece with any known item has no neighbours: the projection alone speaks
         alpha = np.where(nearest >= 0, self.alpha, 1.0).astype(np.float32)[:, None]
         vectors = (alpha * projection + (1 - alpha) * neighbours).astype(np.float32)
-        return TextVectors(vectors, nearest, best)
+        return TextVectors(vectors, nearest, best, bag)
+
+    # -- the history affinity ------------------------------------------------------------------------------
+
+    def profiles(self, histories: Sequence[np.ndarray]) -> sp.csr_matrix:
+        """Rows = users: the L2-normalised sum of their history items' bags (known item indices)."""
+        n = self.known_bag.shape[0]
+        rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+        cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) if histories else rows
+        keep = (cols >= 0) & (cols < n)
+        pick = sp.csr_matrix(
+            (np.ones(int(keep.sum()), np.float32), (rows[keep], cols[keep])), shape=(len(histories), n)
+        )
+        prof = (pick @ self.known_bag).tocsr()
+        norms = np.sqrt(np.asarray(prof.multiply(prof).sum(axis=1)).ravel())
+        return (
+            sp.diags(np.where(norms > 0, 1.0 / np.maximum(norms, 1e-12), 0.0).astype(np.float32)) @ prof
+        ).tocsr()
+
+    def affinity(
+        self, user_vectors: np.ndarray, histories: Sequence[np.ndarray], bags: sp.csr_matrix
+    ) -> np.ndarray | None:
+        """[B, n] the history-affinity term of ``bags``' items for each user (None when ``beta`` is 0)."""
+        if self.beta == 0.0 or bags.shape[0] == 0:
+            return None
+        cos = np.asarray((self.profiles(histories) @ bags.T).todense(), dtype=np.float32)
+        scale = self.beta * self.item_scale * np.linalg.norm(np.asarray(user_vectors, np.float32), axis=1)
+        return (scale[:, None] * cos).astype(np.float32)
 
     def projection(self, bag: sp.csr_matrix) -> np.ndarray:
         """Ridge map of the tf-idf-weighted mean word embedding (rows of ``bag`` need not be normalised)."""

@@ -2,7 +2,8 @@
 into the index's top-k.
 
 The index's answer is the exact top-k of the version's items (outside each user's exclusions, with the
-candidate boosts). A side item's score is ``user_vector @ v`` like any item row, with no boost. The top-k of
+candidate boosts). A side item's score is ``user_vector @ v`` like any item row, plus the caller's ``bonus``
+(the text model's history affinity, which plays the candidate prior's part for new items). The top-k of
 the union is therefore the top-k of (the index's top-k + every side item's exact score): an item outside
 both lists scores at most the index's k-th. The side index is small (the items added since the last
 retrain), so scoring all of it is one [B, D] x [D, n] product.
@@ -13,18 +14,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 
 class SideIndex:
     """``codes`` int64 [n]: the ids side items carry in merged answers (chosen by the caller so they never
-    collide with the version's item indices, e.g. ``n_items + j``); ``vectors`` float32 [n, D]."""
+    collide with the version's item indices, e.g. ``n_items + j``); ``vectors`` float32 [n, D]; ``bags``
+    [n, words] the items' text bags (the history affinity's input), when there is a text model."""
 
-    def __init__(self, codes: np.ndarray, vectors: np.ndarray) -> None:
+    def __init__(self, codes: np.ndarray, vectors: np.ndarray, bags: sp.csr_matrix | None = None) -> None:
         codes = np.asarray(codes, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(codes) != len(vectors) or codes.ndim != 1:
             raise ValueError(f"side index: {codes.shape} codes for vectors of shape {vectors.shape}")
-        self.codes, self.vectors = codes, vectors
+        if bags is not None and bags.shape[0] != len(codes):
+            raise ValueError(f"side index: {len(codes)} codes for {bags.shape[0]} text bags")
+        self.codes, self.vectors, self.bags = codes, vectors, bags
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -39,14 +44,17 @@ class SideIndex:
         ids: np.ndarray,
         scores: np.ndarray,
         exclude: Sequence[np.ndarray] | None = None,
+        bonus: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores) [B, k]: each row's top-k over its index answer (``ids``/``scores`` [B, k], best
-        first, -1/-inf pads) and the side items outside ``exclude[row]`` (side codes). Equal scores keep
-        the index's items first."""
+        first, -1/-inf pads) and the side items outside ``exclude[row]`` (side codes), each scored
+        ``user_vector @ v`` + ``bonus`` [B, n] when given. Equal scores keep the index's items first."""
         if len(self) == 0:
             return ids, scores
         b, k = ids.shape
         side = np.asarray(user_vectors, dtype=np.float32) @ self.vectors.T  # [B, n]
+        if bonus is not None:
+            side = side + bonus
         side_ids = np.broadcast_to(self.codes, side.shape).copy()
         for row, codes in enumerate(exclude or ()):
             if len(codes):

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
+import scipy.sparse as sp
 from redis.exceptions import RedisError
 
 from inference.item_text import TEXT_FIELDS, item_text
@@ -143,6 +144,7 @@ class NewItem:
     vector: np.ndarray  # float32 [D]
     nearest: int  # the most text-similar item the version knows (-1: none): its stand-in in prompts
     similarity: float  # cosine similarity of the two texts (the text model's)
+    bag: sp.csr_matrix  # [1, words] its text's bag of word pieces (the history affinity's input)
 
 
 @dataclass(eq=False)
@@ -238,10 +240,15 @@ def build_view(
                     found.vectors[j],
                     int(found.nearest[j]),
                     float(found.similarity[j]),
+                    found.bags[j],
                 )
     items = list(new.values())
     side = (
-        SideIndex(np.array([n.code for n in items]), np.stack([n.vector for n in items]))
+        SideIndex(
+            np.array([n.code for n in items]),
+            np.stack([n.vector for n in items]),
+            sp.vstack([n.bag for n in items]).tocsr(),
+        )
         if items
         else SideIndex.empty(model.ranker.dim)
     )

@@ -378,7 +378,10 @@ class Recommender:
         # New catalogue items (the view current now: codes are stable, so the jobs' exclusions still apply)
         view = model.catalogue
         if view is not None and len(view.side):
-            ids, scores = view.side.merge(vectors, ids, scores, new)
+            bonus = None
+            if model.text is not None and view.side.bags is not None:
+                bonus = model.text.affinity(vectors, [job.history for job in jobs], view.side.bags)
+            ids, scores = view.side.merge(vectors, ids, scores, new, bonus)
         stage.labels("search").observe(time.perf_counter() - t)
 
         out = []

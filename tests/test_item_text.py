@@ -79,3 +79,37 @@ def test_data_without_text_gets_no_text_model(tmp_path) -> None:
     model, report = fit_text_model(tok, word_emb, [""] * len(texts), vectors, train)
     assert model is None and "skipped" in report
     assert TextVectoriser.load(tmp_path) is None
+
+
+def test_new_item_history_affinity_favours_the_text_of_the_users_own_items(tmp_path) -> None:
+    """The affinity term: cosine of the user's history profile with the item's text, scaled like a score."""
+    tok, word_emb, texts, vectors, train, clusters, _ = _setup()
+    model, report = fit_text_model(tok, word_emb, texts, vectors, train)
+    assert report["chosen"]["beta"] in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    assert report["valid_recall@20"] >= report["valid_recall@20_vector_only"] - 1e-9
+    new = model.vectors([item_text({"title": f"{b} widget model 99", "brand": b}) for b in BRANDS])
+    assert new.bags.shape == (len(BRANDS), tok.n_words)
+    model.beta = 1.0
+    acme, orbit = np.flatnonzero(clusters == 0)[:3], np.flatnonzero(clusters == 2)[:3]
+    users = np.ones((2, vectors.shape[1]), dtype=np.float32)
+    users[1] *= 3  # three times the length: three times the term
+    aff = model.affinity(users, [acme, orbit], new.bags)
+    assert aff.shape == (2, len(BRANDS))
+    assert int(np.argmax(aff[0])) == 0 and int(np.argmax(aff[1])) == 2
+    np.testing.assert_allclose(model.affinity(users[:1] * 3, [acme], new.bags), 3 * aff[:1], rtol=1e-5)
+    assert (aff >= 0).all() and aff[0, 0] <= model.item_scale * np.linalg.norm(users[0]) + 1e-5
+    # an empty history, or ids outside the version, add nothing
+    none = model.affinity(users[:1], [np.array([-1, 10**6])], new.bags)
+    assert np.all(none == 0)
+    model.beta = 0.0
+    assert model.affinity(users, [acme, orbit], new.bags) is None
+
+    # beta travels with the version; a text model saved before beta existed loads with 0
+    model.beta = 2.0
+    np.save(tmp_path / "item_embeddings.npy", vectors)
+    tok.save(tmp_path)
+    model.save(tmp_path)
+    assert TextVectoriser.load(tmp_path, tok).beta == 2.0
+    params = tmp_path / TEXT_MODEL_FILE / "params.json"
+    params.write_text(params.read_text().replace(', "beta": 2.0', ""))
+    assert TextVectoriser.load(tmp_path, tok).beta == 0.0

@@ -13,9 +13,10 @@ from model_store.index import build_index
 N_ITEMS, N_NEW, DIM = 300, 40, 16
 
 
-def brute_force(q, emb, side, k, excl_known, excl_new, boosts=None):
+def brute_force(q, emb, side, k, excl_known, excl_new, boosts=None, bonus=None):
     """Every item scored, exclusions at -inf, stable sort (known items before new ones on ties)."""
-    scores = np.concatenate([q @ emb.T, q @ side.T], axis=1).astype(np.float32)
+    side_scores = q @ side.T + (bonus if bonus is not None else 0.0)
+    scores = np.concatenate([q @ emb.T, side_scores], axis=1).astype(np.float32)
     for r in range(len(q)):
         if boosts is not None:
             items, extra = boosts[r]
@@ -28,7 +29,8 @@ def brute_force(q, emb, side, k, excl_known, excl_new, boosts=None):
 
 @pytest.mark.parametrize("k", [1, 10, 50])
 @pytest.mark.parametrize("boosted", [False, True])
-def test_new_item_merge_is_exact(k, boosted):
+@pytest.mark.parametrize("with_bonus", [False, True])
+def test_new_item_merge_is_exact(k, boosted, with_bonus):
     rng = np.random.default_rng(k)
     emb = rng.standard_normal((N_ITEMS, DIM)).astype(np.float32)
     # new items as strong as the best known ones, so they compete for every rank
@@ -41,11 +43,13 @@ def test_new_item_merge_is_exact(k, boosted):
         boosts = [
             (rng.choice(N_ITEMS, 10, replace=False), rng.uniform(0, 3, 10).astype(np.float32)) for _ in q
         ]
+    # the text model's history affinity: a per-user, per-new-item addition to the side scores
+    bonus = rng.uniform(0, 2, (len(q), N_NEW)).astype(np.float32) if with_bonus else None
     ranker = Ranker(build_index(emb), emb)
     ids, scores = ranker.search(q, k, exclude=excl_known, boosts=boosts)
     codes = N_ITEMS + np.arange(N_NEW)
-    merged, merged_scores = SideIndex(codes, side).merge(q, ids, scores, [codes[e] for e in excl_new])
-    want, want_scores = brute_force(q, emb, side, k, excl_known, excl_new, boosts)
+    merged, merged_scores = SideIndex(codes, side).merge(q, ids, scores, [codes[e] for e in excl_new], bonus)
+    want, want_scores = brute_force(q, emb, side, k, excl_known, excl_new, boosts, bonus)
     assert (merged == want).all()
     np.testing.assert_allclose(merged_scores, want_scores, rtol=1e-5, atol=1e-5)
     assert (merged >= N_ITEMS).any(), "the test must let new items into the answers"

@@ -2,8 +2,9 @@
 
 Every choice is made on validation: 10 % of the items with text are held out of the fit (no projection row,
 never a neighbour), get vectors from their text alone, and are ranked among themselves for the train users who
-chose them, with each user standing for the mean vector of their other train items. The setting with the best
-recall@20 there wins (ties: the earlier, simpler one in the grid); the final model is refitted on all items.
+chose them, with each user standing for the mean vector of their other train items (and those items being
+the history of the affinity term). The setting with the best recall@20 there wins (ties: the earlier, simpler
+one in the grid, ``beta = 0`` first); the final model is refitted on all items.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ RIDGE = (0.01, 0.1, 1.0, 10.0)  # times the mean feature variance
 ALPHA = (1.0, 0.75, 0.5, 0.25, 0.0)  # weight of the projection against the neighbours
 NEIGHBOURS = (5, 20, 50)
 TAU = (0.02, 0.05, 0.1)
+BETA = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # weight of the history affinity (0: the vector alone)
 VALID_FRAC = 0.1
 MAX_VALID_USERS = 3000
 MIN_ITEMS_WITH_TEXT = 50  # fewer: no text model (nothing to learn the map from)
@@ -49,14 +51,16 @@ class _Fit:
         a = np.linalg.solve(gram + reg * np.eye(gram.shape[0]), fc.T @ yc)
         return (self.word_emb @ a).astype(np.float32), (y_mean - f_mean @ a).astype(np.float32)
 
-    def vectoriser(self, rows: np.ndarray, lam: float, alpha: float, k: int, tau: float) -> TextVectoriser:
+    def vectoriser(
+        self, rows: np.ndarray, lam: float, alpha: float, k: int, tau: float, beta: float = 0.0
+    ) -> TextVectoriser:
         """A text model that knows only ``rows`` (their bags; every other row is never a neighbour)."""
         proj, bias = self.ridge(rows, lam)
         keep = np.zeros(self.bag.shape[0], dtype=np.float32)
         keep[rows] = 1
         known = sp.diags(keep) @ self.bag
         return TextVectoriser(
-            self.tok, proj, bias, self.idf, known.tocsr(), self.vectors, alpha=alpha, k=k, tau=tau
+            self.tok, proj, bias, self.idf, known.tocsr(), self.vectors, alpha=alpha, k=k, tau=tau, beta=beta
         )
 
 
@@ -83,7 +87,8 @@ def fit_text_model(
     with_text = np.flatnonzero(has_text)
     valid = np.sort(rng.choice(with_text, size=max(1, int(VALID_FRAC * n_text)), replace=False))
     rows = np.setdiff1d(with_text, valid)
-    users, targets = _valid_users(train, valid, item_vectors, rng)
+    users, histories, targets = _valid_users(train, valid, item_vectors, rng)
+    truth = _truth(targets, len(valid))
 
     scores = {}
     projections = {lam: fit.vectoriser(rows, lam, 1.0, 1, 1.0) for lam in RIDGE}
@@ -91,27 +96,33 @@ def fit_text_model(
     bag_valid = fit.bag[valid]
     sims = np.asarray((bag_valid @ base.known_bag_t).todense(), dtype=np.float32)
     proj_of = {lam: v.projection(bag_valid) for lam, v in projections.items()}
+    base.beta = 1.0
+    affinity = base.affinity(users, histories, bag_valid)  # [users, valid items] at beta 1
+    if affinity is None:  # no validation user: nothing to weigh it on
+        affinity = np.zeros((len(users), len(valid)), np.float32)
     for k, tau in product(NEIGHBOURS, TAU):
         base.k, base.tau = k, tau
         nbr, nearest, _ = base.neighbours(sims)
         for lam, alpha in product(RIDGE, ALPHA):
             a = np.where(nearest >= 0, alpha, 1.0)[:, None]
-            vec = a * proj_of[lam] + (1 - a) * nbr
-            scores[(lam, alpha, k, tau)] = _recall(users, vec, targets)
+            dot = users @ (a * proj_of[lam] + (1 - a) * nbr).T
+            for beta in BETA:
+                scores[(lam, alpha, k, tau, beta)] = _recall(dot + beta * affinity, truth)
     best = max(scores, key=lambda key: (scores[key], -list(scores).index(key)))
-    lam, alpha, k, tau = best
-    final = fit.vectoriser(with_text, lam, alpha, k, tau)
+    lam, alpha, k, tau, beta = best
+    final = fit.vectoriser(with_text, lam, alpha, k, tau, beta)
     report = {
         "items_with_text": n_text,
         "valid_items": int(len(valid)),
         "valid_users": int(len(users)),
-        "chosen": {"ridge": lam, "alpha": alpha, "neighbours": k, "tau": tau},
+        "chosen": {"ridge": lam, "alpha": alpha, "neighbours": k, "tau": tau, "beta": beta},
         f"valid_recall@{CUTOFF}": round(scores[best], 5),
+        f"valid_recall@{CUTOFF}_vector_only": round(max(v for key, v in scores.items() if key[4] == 0.0), 5),
         f"valid_recall@{CUTOFF}_projection_only": round(
-            max(v for key, v in scores.items() if key[1] == 1.0), 5
+            max(v for key, v in scores.items() if key[1] == 1.0 and key[4] == 0.0), 5
         ),
         f"valid_recall@{CUTOFF}_neighbours_only": round(
-            max(v for key, v in scores.items() if key[1] == 0.0), 5
+            max(v for key, v in scores.items() if key[1] == 0.0 and key[4] == 0.0), 5
         ),
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -120,8 +131,9 @@ def fit_text_model(
 
 def _valid_users(
     train: sp.csr_matrix, valid: np.ndarray, vectors: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(user stand-in vectors [U', D], each user's held-out items as positions in ``valid``)."""
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """(user stand-in vectors [U', D], their other train items, their held-out items as positions in
+    ``valid``)."""
     train = train.tocsr()
     is_valid = np.zeros(train.shape[1], dtype=bool)
     is_valid[valid] = True
@@ -134,23 +146,31 @@ def _valid_users(
     ]
     if len(cand) > MAX_VALID_USERS:
         cand = sorted(rng.choice(cand, size=MAX_VALID_USERS, replace=False).tolist())
-    users, targets = [], []
+    users, histories, targets = [], [], []
     for u in cand:
         items = train.indices[train.indptr[u] : train.indptr[u + 1]]
         rest = items[~is_valid[items]]
         if rest.size == 0:
             continue
         users.append(vectors[rest].mean(0))
+        histories.append(rest)
         targets.append(pos[items[is_valid[items]]])
-    return np.asarray(users, dtype=np.float32).reshape(-1, vectors.shape[1]), targets
+    return np.asarray(users, dtype=np.float32).reshape(-1, vectors.shape[1]), histories, targets
 
 
-def _recall(users: np.ndarray, item_vecs: np.ndarray, targets: list[np.ndarray]) -> float:
-    """Mean over users of top-CUTOFF hits / min(CUTOFF, |targets|), ranking among the held-out items."""
-    if not len(users):
+def _recall(s: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over users of top-CUTOFF hits / min(CUTOFF, |targets|), ranking the held-out items by ``s``
+    [users, valid items]; ``truth`` is the bool matrix of each user's held-out items (same shape)."""
+    if not len(s):
         return 0.0
-    s = users @ item_vecs.T
     c = min(CUTOFF, s.shape[1])
     top = np.argpartition(-s, c - 1, axis=1)[:, :c]
-    hits = [np.isin(t, top[r]).sum() / min(CUTOFF, len(t)) for r, t in enumerate(targets)]
-    return float(np.mean(hits))
+    hits = np.take_along_axis(truth, top, axis=1).sum(axis=1)
+    return float(np.mean(hits / np.minimum(CUTOFF, truth.sum(axis=1))))
+
+
+def _truth(targets: list[np.ndarray], n_items: int) -> np.ndarray:
+    out = np.zeros((len(targets), n_items), dtype=bool)
+    for r, t in enumerate(targets):
+        out[r, t] = True
+    return out
