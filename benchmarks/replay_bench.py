@@ -174,18 +174,13 @@ def train_day0(args, u, i, ts, n0: int, raw, root: Path, store_root: Path) -> tu
         day0, f"{args.source.name}-day0", rating_threshold=None, k_core=args.k_core, split="temporal"
     )
     ds.save(root / "data" / "day0")
+    # edgerec train's default recipe; only what the command line names is overridden
+    shape = {"n_layer": args.n_layer, "n_embd": args.n_embd, "n_head": args.n_head}
+    shape |= {"word_vocab": args.word_vocab, "epochs": args.day0_epochs}
     cfg = TrainConfig(
         dataset=str(root / "data" / "day0"),
         run_dir=str(root / "runs" / "day0"),
-        n_layer=args.n_layer,
-        n_embd=args.n_embd,
-        n_head=args.n_head,
-        word_vocab=args.word_vocab,
-        pretrain_rounds=0,
-        content_warmup=0,
-        epochs=args.day0_epochs,
-        patience=3,
-        prior_grid=[0.0, 1.0, 2.0],
+        **{key: value for key, value in shape.items() if value is not None},
     )
     t0 = time.time()
     train(cfg, quiet=True)
@@ -195,11 +190,32 @@ def train_day0(args, u, i, ts, n0: int, raw, root: Path, store_root: Path) -> tu
 
 
 # ------------------------------------------------------------------------------------------------ feeding
+def add_new_items(client, items, catalog: set[str], texts: dict[str, dict[str, str]]) -> int:
+    """``PUT /items/{id}`` (text only) for the window's items that neither the served version nor the
+    catalogue has yet: a shop lists a product before anyone buys it. Adds them to ``catalog``; returns how
+    many were added."""
+    from inference.item_text import TEXT_FIELDS
+
+    added = 0
+    for item in dict.fromkeys(items):
+        if item in catalog:
+            continue
+        fields = texts.get(item, {})
+        body = {f: fields[f] for f in TEXT_FIELDS if fields.get(f)}
+        body.setdefault("title", item)
+        resp = client.put(f"/items/{item}", json=body, headers={"X-API-Key": KEY})
+        if resp.status_code not in (200, 201):
+            raise SystemExit(f"PUT /items/{item}: {resp.status_code} {resp.text[:300]}")
+        catalog.add(item)
+        added += 1
+    return added
+
+
 def feed(client, u, i, ts, catalog: set[str]) -> tuple[list[int], int]:
     """POST each user's window interactions; returns (the rows stored, how many were left out).
 
-    The service refuses item ids its model does not know (422), so interactions with items outside the
-    served catalog are left out (and counted): the stream, and so the loop, only ever sees known items."""
+    The service refuses item ids neither its model nor its catalogue has (422), so with ``--no-catalogue``
+    interactions with items outside the served version are left out (and counted)."""
     by_user: dict[str, list[int]] = defaultdict(list)
     skipped = 0
     for n in range(len(u)):
@@ -249,12 +265,20 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=3.0, help="keep ratings above this (positives)")
     p.add_argument("--k-core", type=int, default=3)
     p.add_argument("--k", type=int, default=20)
-    p.add_argument("--n-layer", type=int, default=1)
-    p.add_argument("--n-embd", type=int, default=64)
-    p.add_argument("--n-head", type=int, default=2)
-    p.add_argument("--word-vocab", type=int, default=600)
-    p.add_argument("--day0-epochs", type=int, default=8)
+    # day 0 is `edgerec train`'s default recipe; these override it (a quicker, weaker day-0 model)
+    p.add_argument("--n-layer", type=int, default=None)
+    p.add_argument("--n-embd", type=int, default=None)
+    p.add_argument("--n-head", type=int, default=None)
+    p.add_argument("--word-vocab", type=int, default=None)
+    p.add_argument("--day0-epochs", type=int, default=None)
     p.add_argument("--retrain-epochs", type=int, default=2)
+    p.add_argument(
+        "--catalogue",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add a window's items the service does not know through PUT /items (their text) before its "
+        "interactions are fed; --no-catalogue leaves their interactions out",
+    )
     p.add_argument("--ease-lambda", type=float, default=200.0)
     p.add_argument(
         "--redis-url", default=os.environ.get("EDGEREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -300,6 +324,7 @@ def main() -> None:
         access_log=False,
     )
     rows = []
+    catalog: set[str] = set()  # items the service takes interactions with (versions' + catalogue's)
     history: dict[str, list[str]] = defaultdict(list)
     for n in range(n0):
         history[u[n]].append(i[n])
@@ -329,7 +354,9 @@ def main() -> None:
                 row["ease"] = metrics_of(rank_ease(history, users, args.k, args.ease_lambda), targets, args.k)
                 print(json.dumps({k: row[k] for k in ("window", "frozen", "loop", "ease")}), flush=True)
                 t0 = time.time()
-                catalog = set(json.loads((store.path(current) / "item_ids.json").read_text()))
+                catalog |= set(json.loads((store.path(current) / "item_ids.json").read_text()))
+                if args.catalogue:
+                    row["new_items_added"] = add_new_items(client, i[a:b], catalog, raw.item_text)
                 sent, row["left_out_unknown_item"] = feed(client, u[a:b], i[a:b], ts[a:b], catalog)
                 row["fed"] = len(sent)
                 row["feed_seconds"] = round(time.time() - t0, 1)
@@ -384,8 +411,9 @@ def write(report: dict, args) -> None:
         f"`{report['command']}`",
         "",
         f"| window | interactions | users scored | frozen R@{k} | loop R@{k} | EASE R@{k} | frozen N@{k} | "
-        f"loop N@{k} | EASE N@{k} | fed (left out) | retrain s | gate | swap s (failed requests) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"loop N@{k} | EASE N@{k} | fed (left out) | new items added | retrain s | gate | "
+        "swap s (failed requests) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["windows"]:
         gate = (r.get("retrain") or {}).get("gate") or {}
@@ -397,7 +425,8 @@ def write(report: dict, args) -> None:
             + " | ".join(f"{r[m][f'recall@{k}']:.4f}" for m in ("frozen", "loop", "ease"))
             + " | "
             + " | ".join(f"{r[m][f'ndcg@{k}']:.4f}" for m in ("frozen", "loop", "ease"))
-            + f" | {r['fed']} ({r['left_out_unknown_item']}) | {r.get('retrain_seconds', '-')} | {verdict} | "
+            + f" | {r['fed']} ({r['left_out_unknown_item']}) | {r.get('new_items_added', '-')} | "
+            + f"{r.get('retrain_seconds', '-')} | {verdict} | "
             + f"{swap} |"
         )
     lines += [
