@@ -320,6 +320,7 @@ def main() -> None:
         redis_prefix=prefix,
         stream_shards=args.shards,
         api_key=KEY,
+        admin_api_key=KEY,  # PUT /items (the catalogue) is an admin write
         model_poll_s=1.0,
         access_log=False,
     )
