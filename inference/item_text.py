@@ -181,6 +181,14 @@ class TextVectoriser:
             sp.diags(np.where(norms > 0, 1.0 / np.maximum(norms, 1e-12), 0.0).astype(np.float32)) @ prof
         ).tocsr()
 
+    def similarity_to(self, bags: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
+        """[n, len(items)] cosine similarity of each of ``bags``' texts with each known item's text."""
+        items = np.asarray(items, dtype=np.int64)
+        items = np.where((items >= 0) & (items < self.known_bag.shape[0]), items, -1)
+        out = np.asarray((bags @ self.known_bag[np.maximum(items, 0)].T).todense(), dtype=np.float32)
+        out[:, items < 0] = 0.0
+        return out
+
     def affinity(
         self, user_vectors: np.ndarray, histories: Sequence[np.ndarray], bags: sp.csr_matrix
     ) -> np.ndarray | None:

@@ -35,7 +35,7 @@ import orjson
 import scipy.sparse as sp
 from redis.exceptions import RedisError
 
-from inference.item_text import TEXT_FIELDS, item_text
+from inference.item_text import TEXT_FIELDS, TextVectoriser, item_text
 from inference.side_index import SideIndex
 from service.background import cancelled
 from service.idempotency import certainly_not_sent
@@ -135,6 +135,9 @@ class Written:
 
 
 # ------------------------------------------------------------------------------------------- per version
+MAX_TEXT_REASONS = 2  # a new item's text reasons: its most similar history items / its nearest known item
+
+
 @dataclass(frozen=True)
 class NewItem:
     """An available catalogue item the version does not know, with its vector from the text model."""
@@ -177,10 +180,26 @@ class CatalogueView:
         item_id = self.ids[i - self.n_items]
         return item_id, (self.records.get(item_id) or {}).get("title")
 
-    def similar(self, codes: Sequence[int]) -> dict[int, tuple[int, float]]:
-        """{code: (nearest known item, text similarity)} of the new items among ``codes`` that have one."""
-        found = (self.by_code.get(c) for c in codes if c >= self.n_items)
-        return {n.code: (n.nearest, n.similarity) for n in found if n is not None and n.nearest >= 0}
+    def similar(
+        self, codes: Sequence[int], history: np.ndarray | None = None, text: TextVectoriser | None = None
+    ) -> dict[int, list[tuple[int, float, bool]]]:
+        """{code: [(known item, text similarity, in the user's history), ...]} for the new items among
+        ``codes``: the ``history`` items whose text is most similar (what the history affinity scored),
+        then the nearest known item when it is not one of them; at most ``MAX_TEXT_REASONS`` each."""
+        found = [n for n in (self.by_code.get(c) for c in codes if c >= self.n_items) if n is not None]
+        own = np.zeros((len(found), 0), np.float32)
+        if history is not None and history.size and text is not None and found:
+            own = text.similarity_to(sp.vstack([n.bag for n in found]).tocsr(), history)
+        out: dict[int, list[tuple[int, float, bool]]] = {}
+        for row, n in enumerate(found):
+            sims = own[row]
+            best = np.argsort(-sims, kind="stable")[:MAX_TEXT_REASONS]
+            reasons = [(int(history[j]), float(sims[j]), True) for j in best if sims[j] > 0]
+            if n.nearest >= 0 and all(r[0] != n.nearest for r in reasons):
+                reasons.append((n.nearest, n.similarity, False))
+            if reasons:
+                out[n.code] = reasons[:MAX_TEXT_REASONS]
+        return out
 
     def why_not(self, model: ServingModel, item_id: str) -> str | None:
         """Why ``item_id`` cannot appear in answers now (None: it can)."""

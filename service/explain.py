@@ -8,8 +8,9 @@ was built on (the version's train graph) and the user's history (train + live + 
   candidate is the sum of these over the history it was built from.
 - ``co_users``: the share of the prompt's second-order users (the users sharing most items with this user)
   who chose the item.
-- ``similar_text``: a new catalogue item (no interactions yet), recommended through its text's nearest
-  known item.
+- ``similar_text``: a new catalogue item (no interactions yet), recommended through its text: the user's
+  history items whose text is most similar (the history affinity that scored it), then its text's nearest
+  known item (``in_history`` says which).
 
 The graph reasons of all k items come from a few vectorised joins over the graph's CSR arrays (no Python loop
 over users or pairs): this runs on the event loop of every request that asks for it. Reasons name items by
@@ -18,7 +19,7 @@ index; the route turns them into ids and titles.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -147,9 +148,10 @@ def graph_reasons(
     return out
 
 
-def similar_text_reason(nearest: int, similarity: float) -> Reason:
-    """The reason of a new catalogue item: its text's nearest known item and their cosine similarity."""
-    return {"kind": "similar_text", "item": int(nearest), "similarity": float(similarity)}
+def similar_text_reason(item: int, similarity: float, in_history: bool = False) -> Reason:
+    """A reason of a new catalogue item: a known item with similar text, and their cosine similarity."""
+    reason: Reason = {"kind": "similar_text", "item": int(item), "similarity": float(similarity)}
+    return reason | {"in_history": bool(in_history)}
 
 
 def explain(
@@ -160,14 +162,15 @@ def explain(
     *,
     user: int | None,
     item_norm: float,
-    similar: Mapping[int, tuple[int, float]] | None = None,
+    similar: Mapping[int, Sequence[tuple[int, float, bool]]] | None = None,
     limit: int = MAX_REASONS,
 ) -> list[list[Reason]]:
     """Reasons for every recommended item: graph reasons for known items; for a new catalogue item
-    (``similar`` maps its index to its nearest known item and their similarity) the similar-text reason."""
+    (``similar`` maps its index to (known item, similarity, in the user's history) triples) its text
+    reasons."""
     out = graph_reasons(graph, items, history, co_users, user=user, item_norm=item_norm, limit=limit)
     for pos, i in enumerate(items.tolist()):
         if similar is not None and i in similar and limit > 0:
-            out[pos].insert(0, similar_text_reason(*similar[i]))
+            out[pos][:0] = [similar_text_reason(*s) for s in similar[i]]
             del out[pos][limit:]
     return out

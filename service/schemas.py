@@ -105,13 +105,15 @@ class SimilarTextReason(BaseModel):
 
     kind: Literal["similar_text"] = "similar_text"
     item_id: str = Field(
-        description="The known item whose text is nearest to the new item's (its stand-in in prompts); "
-        "unlike a co-occurrence reason's item, not necessarily one the user has."
+        description="A known item with similar text: one of the user's own items (in_history: true; the "
+        "text model's history affinity scored the new item by these), or the item whose text is nearest to "
+        "the new item's, its stand-in in prompts (in_history: false; not necessarily one the user has)."
     )
     title: str | None = None
     similarity: float = Field(
         description="Cosine similarity of the two texts in the version's text model, 0-1."
     )
+    in_history: bool = Field(False, description="Whether item_id is one of the user's own items.")
 
 
 Reason = Annotated[CoOccurrenceReason | CoUsersReason | SimilarTextReason, Field(discriminator="kind")]

@@ -98,10 +98,15 @@ def test_explain_nothing_to_say():
 def test_explain_similar_text_reason_for_a_new_item():
     graph, _, _ = random_graph(4)
     new = graph.n_items + 1
-    assert similar_text_reason(7, 0.8125) == {"kind": "similar_text", "item": 7, "similarity": 0.8125}
+    assert similar_text_reason(7, 0.8125) == {
+        "kind": "similar_text", "item": 7, "similarity": 0.8125, "in_history": False,
+    }  # fmt: skip
     out = explain(
         graph, np.array([new, 3]), np.array([7, 1]), np.zeros(0, np.int64), user=None, item_norm=0.5,
-        similar={new: (7, 0.8125)},
+        similar={new: [(1, 0.9, True), (7, 0.8125, False)]},
     )  # fmt: skip
-    assert out[0] == [{"kind": "similar_text", "item": 7, "similarity": 0.8125}]
+    assert out[0] == [
+        {"kind": "similar_text", "item": 1, "similarity": 0.9, "in_history": True},
+        {"kind": "similar_text", "item": 7, "similarity": 0.8125, "in_history": False},
+    ]
     assert all(r["kind"] != "similar_text" for r in out[1])

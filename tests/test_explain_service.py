@@ -170,17 +170,20 @@ def test_explain_is_in_the_openapi_schema(http):
     for name, fields in (
         ("CoOccurrenceReason", ("count", "strength", "item_id")),
         ("CoUsersReason", ("share", "count", "co_users")),
-        ("SimilarTextReason", ("similarity", "item_id")),
+        ("SimilarTextReason", ("similarity", "item_id", "in_history")),
     ):
         props = next(v for k, v in schemas.items() if k.startswith(name))["properties"]
         assert all(props[f].get("description") for f in fields), name
 
 
 def test_explain_a_new_catalogue_item_by_its_text(http, store):
-    """A new item (PUT /items, no interactions) is explained by the known item its text is nearest to."""
+    """A new item (PUT /items, no interactions) is explained by the user's own item whose text it shares
+    (what its history affinity scored), then, if that is another item, the known item its text is nearest
+    to."""
     user = store.user_ids[44]
-    top = http.post(f"/recommend/{user}", json={"k": 1}).json()["items"][0]["id"]
-    known = http.get(f"/items/{top}").json()
+    raw = Raw(store)
+    own = sorted(raw.train[user])[0]
+    known = http.get(f"/items/{own}").json()
     body = {"title": "Brand-new " + known["title"]} | {
         f: known["fields"][f] for f in ("brand", "categories", "description") if known["fields"].get(f)
     }
@@ -188,11 +191,18 @@ def test_explain_a_new_catalogue_item_by_its_text(http, store):
     assert put.status_code == 201 and put.json()["recommendable"], put.text
     everything = http.post(f"/recommend/{user}", json={"k": len(store.item_ids) + 10, "explain": True}).json()
     new = next(it for it in everything["items"] if it["id"] == "explain-new-item")
-    [reason] = new["reasons"]
-    assert reason["kind"] == "similar_text" and 0 < reason["similarity"] <= 1 + 1e-6
-    assert reason["item_id"] in store.item_ids  # a known item, named with its title
-    assert reason["title"] == http.get(f"/items/{reason['item_id']}").json()["title"]
-    raw = Raw(store)
+    assert 1 <= len(new["reasons"]) <= 2
+    for reason in new["reasons"]:
+        assert reason["kind"] == "similar_text" and 0 < reason["similarity"] <= 1 + 1e-6
+        assert reason["item_id"] in store.item_ids  # a known item, named with its title
+        assert reason["title"] == http.get(f"/items/{reason['item_id']}").json()["title"]
+        # "one of yours" is said of the user's own items only
+        assert reason["in_history"] == (reason["item_id"] in raw.train[user])
+    first = new["reasons"][0]
+    assert first["in_history"], new["reasons"]
+    # the item whose text the new one copies, or one of the user's items with the very same text
+    same = http.get(f"/items/{first['item_id']}").json()["fields"] == known["fields"]
+    assert first["item_id"] == own or same
     for item in everything["items"]:  # the other items' reasons still name only the user's own items
         assert {r["item_id"] for r in item["reasons"] if r["kind"] == "co_occurrence"} <= raw.train[user]
     assert RecommendResponse.model_validate(everything).model_dump() == everything

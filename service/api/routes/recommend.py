@@ -27,6 +27,7 @@ router = APIRouter(tags=["recommend"], dependencies=[ApiKey])
 
 def _reasons(model: ServingModel, rec: Recommendation, idx: np.ndarray) -> list[list[dict[str, Any]]]:
     """Each item's reasons (service.explain) with the items they name as id and title."""
+    view = model.catalogue
     per_item = explain(
         model.graph,
         idx,
@@ -34,7 +35,7 @@ def _reasons(model: ServingModel, rec: Recommendation, idx: np.ndarray) -> list[
         rec.co_users,
         user=model.user_index.get(rec.user_id),
         item_norm=model.builder.cfg.two_hop_norm,
-        similar=model.catalogue.similar(idx.tolist()) if model.catalogue is not None else {},
+        similar=view.similar(idx.tolist(), rec.history, model.text) if view is not None else {},
     )
     for reasons in per_item:
         for r in reasons:
