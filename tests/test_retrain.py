@@ -333,3 +333,40 @@ def test_retrain_snapshot_gives_new_items_their_catalogue_text():
     assert "other" not in idx  # catalogue items without interactions are not in the snapshot
     assert snap.stats["new_items"] == 2 and snap.stats["new_items_with_text"] == 1
     assert merge(base, events).data.item_text.keys() == {"title"}  # no catalogue: as before
+
+
+def test_retrain_snapshot_selects_on_recent_interactions_once_enough_users_have_one(monkeypatch):
+    """valid = the newest new interaction per user after the holdout's (the base's valid joins train), once
+    MIN_RECENT_VALID users have one; below that, the base's valid. Every pair stays in exactly one split."""
+    from training.data import snapshot
+    from training.data.dataset import RawInteractions, prepare
+    from training.data.snapshot import Event, merge
+
+    users = [f"u{k}" for k in range(8) for _ in range(4)]
+    items = [f"i{(k + j) % 6}" for k in range(8) for j in range(4)]
+    base = prepare(RawInteractions(users, items), "toy", rating_threshold=None, k_core=1)
+    # each user: three new interactions, in this order (stream order = list order)
+    events = [Event(f"u{k}", f"i{(k + 4 + j) % 6}", 3 * k + j) for k in range(8) for j in range(2)]
+    events += [Event(f"u{k}", "i-new", 100 + k) for k in range(8)]
+
+    def pairs(m):
+        return set(zip(*m.nonzero(), strict=True))
+
+    monkeypatch.setattr(snapshot, "MIN_RECENT_VALID", 5)
+    snap = merge(base, events)
+    d, idx = snap.data, snap.data.item_index()
+    assert snap.stats["valid"] == "recent" and snap.stats["valid_pairs"] == 8
+    assert {i for _, i in pairs(d.test)} == {idx["i-new"]}  # the newest per user is the holdout
+    u0 = d.user_index()["u0"]
+    assert (u0, idx["i5"]) in pairs(d.valid)  # u0's next newest: i5 (order 1) after i4 (order 0)
+    assert pairs(base.valid) <= pairs(d.train)  # the day-0 valid is learned from now
+    assert not (
+        pairs(d.train) & pairs(d.valid) or pairs(d.train) & pairs(d.test) or pairs(d.valid) & pairs(d.test)
+    )
+    every = pairs(base.train) | pairs(base.valid) | pairs(base.test)
+    every |= {(d.user_index()[e.user], idx[e.item]) for e in events}
+    assert pairs(d.train) | pairs(d.valid) | pairs(d.test) == every
+
+    monkeypatch.setattr(snapshot, "MIN_RECENT_VALID", 9)  # 8 users: too few, the base's valid stays
+    snap = merge(base, events)
+    assert snap.stats["valid"] == "base" and pairs(snap.data.valid) == pairs(base.valid)

@@ -3,14 +3,18 @@
 :func:`merge` keeps every user and item of the base dataset at its dense index (so the served model's rows
 stay where they are) and appends new users and new items after them, in sorted raw-id order. Splits:
 
-* ``train`` = base train + base test (the previous snapshot's holdout, now old enough to learn from) + the
-  new interactions that are not held out;
-* ``valid`` = base valid (model selection of the fine-tune, as in the original run);
 * ``test``  = the **holdout**: per user among the new interactions, the newest one (stream order) when the
   user keeps at least one other train interaction, the item is not already known to that user, and the item
   occurs in train for someone else (an item no model has seen cannot be ranked by either). Neither the served
   version nor the candidate trains on it; the promotion gate scores both on it, and the next snapshot folds it
   into train, so every interaction is learned from exactly once.
+* ``valid`` = the fine-tune's model selection (epochs, the prior's weight). **Recent** when the new
+  interactions allow it: per user, the newest new interaction after the holdout's, on the same conditions,
+  once at least ``MIN_RECENT_VALID`` users have one; the base's valid is then old enough to learn from and
+  joins train. Otherwise the base's valid, as in the original run. Selecting on the day-0 split forever
+  would tune every warm start to the past the service has moved away from.
+* ``train`` = base train + base test (the previous snapshot's holdout) + base valid when it was replaced + the
+  new interactions that are in neither of the above.
 
 Item text: known items keep theirs; a new item takes its title, brand, categories and description from the
 ``catalogue`` (``service.catalogue.read_catalogue``'s records) when it has a record there, else empty text.
@@ -43,6 +47,10 @@ class Snapshot:
     n_base_items: int
     stats: dict
 
+
+# Fewest users with a recent validation interaction for the snapshot to select on them (fewer: the base's
+# valid; recall over a few dozen users moves by more than a warm start's effect).
+MIN_RECENT_VALID = 100
 
 # The catalogue record fields that are item text (as inference.item_text.TEXT_FIELDS).
 CATALOGUE_TEXT_FIELDS = ("title", "brand", "categories", "description")
@@ -83,19 +91,21 @@ def merge(
         if pair not in known and pair not in fresh:
             fresh[pair] = e.order
     held: set[tuple[int, int]] = set()
-    if holdout and fresh:
-        per_user: dict[int, list[tuple[int, int]]] = {}
-        for pair, order in fresh.items():
-            per_user.setdefault(pair[0], []).append((order, pair[1]))
-        old_deg = np.diff(old.indptr)
+    recent: set[tuple[int, int]] = set()
+    if fresh:
         item_users: dict[int, int] = {}
         for _, i in list(known) + list(fresh):
             item_users[i] = item_users.get(i, 0) + 1
-        for u, rows in per_user.items():
-            _, item = max(rows)
-            if old_deg[u] + len(rows) - 1 >= 1 and item_users[item] >= 2:
-                held.add((u, item))
-    train_pairs = [p for p in fresh if p not in held]
+        old_deg = np.diff(old.indptr)
+        if holdout:
+            held = _newest_per_user(fresh, set(), old_deg, item_users)
+        recent = _newest_per_user(fresh, held, old_deg, item_users)
+        if len(recent) < MIN_RECENT_VALID:
+            recent = set()
+    if recent:  # select on the recent interactions; the base's valid is learned from
+        old = _matrix(old, list(zip(*valid.nonzero(), strict=True)), shape)
+        valid = _matrix(sp.csr_matrix(shape, dtype=np.float32), sorted(recent), shape)
+    train_pairs = [p for p in fresh if p not in held and p not in recent]
     train = _matrix(old, train_pairs, shape)
     test = _matrix(sp.csr_matrix(shape, dtype=np.float32), sorted(held), shape)
     item_text, from_catalogue = _item_text(base.item_text, len(base.item_ids), new_items, catalogue or {})
@@ -103,6 +113,7 @@ def merge(
         "kind": "retrain",
         "base_fingerprint": base.fingerprint,
         "holdout": "newest new interaction per user (stream order) whose item others trained on",
+        "valid": "recent: the next newest per user, on the same rule" if recent else "the base's valid",
         "k_core": base.split.get("k_core"),
     }
     mats = {"train": train, "valid": valid, "test": test}
@@ -129,9 +140,31 @@ def merge(
         "new_users": len(new_users),
         "new_items": len(new_items),
         "new_items_with_text": from_catalogue,
+        "valid": "recent" if recent else "base",
+        "valid_pairs": int(valid.nnz),
         "train": int(train.nnz),
     }
     return Snapshot(data, len(base.user_ids), len(base.item_ids), stats)
+
+
+def _newest_per_user(
+    fresh: Mapping[tuple[int, int], int],
+    taken: set[tuple[int, int]],
+    old_deg: np.ndarray,
+    item_users: Mapping[int, int],
+) -> set[tuple[int, int]]:
+    """Per user, the newest pair of ``fresh`` outside ``taken``, when the user keeps at least one other
+    train interaction and the item has at least one other user (the holdout's and recent valid's rule)."""
+    per_user: dict[int, list[tuple[int, int]]] = {}
+    for pair, order in fresh.items():
+        if pair not in taken:
+            per_user.setdefault(pair[0], []).append((order, pair[1]))
+    out = set()
+    for u, rows in per_user.items():
+        _, item = max(rows)
+        if old_deg[u] + len(rows) - 1 >= 1 and item_users[item] >= 2:
+            out.add((u, item))
+    return out
 
 
 def _matrix(old: sp.csr_matrix, pairs: list[tuple[int, int]], shape: tuple[int, int]) -> sp.csr_matrix:
