@@ -9,9 +9,9 @@ item ``i`` is described as ``<text>``, so the word table is trained to line up w
 * **neighbours** — the collaborative vectors of the known items whose text (idf-weighted bag of the model's
   word pieces) is most similar, softmax-weighted by that similarity.
 
-The vector is ``alpha * projection + (1 - alpha) * neighbours``. A new item's score is ``user_vector @ v``
-plus its **history affinity**, the text counterpart of the candidate prior that known items get from the
-graph: ``beta * |user_vector| * c * cos(profile, bag)``, where ``profile`` is the sum of the bags of the
+The vector is ``alpha * projection + (1 - alpha) * neighbours``. New items are ranked by ``user_vector @ v``
+plus their **history affinity** (and merged with the known items by their vector scores alone:
+``inference.side_index``), the text counterpart of the candidate prior that known items get from the graph: ``beta * |user_vector| * c * cos(profile, bag)``, where ``profile`` is the sum of the bags of the
 user's history items and ``c`` the mean norm of the version's item vectors (so the term scales with the
 user vector like the dot product does, and one ``beta`` fits every user). ``alpha``, ``beta``, the ridge
 strength, the neighbour count and the softmax temperature are chosen at export on items held out of the

@@ -15,7 +15,14 @@ N_ITEMS, N_NEW, DIM = 300, 40, 16
 
 def brute_force(q, emb, side, k, excl_known, excl_new, boosts=None, bonus=None):
     """Every item scored, exclusions at -inf, stable sort (known items before new ones on ties)."""
-    side_scores = q @ side.T + (bonus if bonus is not None else 0.0)
+    side_scores = (q @ side.T).astype(np.float32)
+    for r in range(len(q)):
+        side_scores[r, excl_new[r]] = -np.inf
+        if bonus is not None:  # ordered by vector + bonus, scored with the row's vector scores in that order
+            vals = sorted(side_scores[r], reverse=True)
+            order = sorted(range(N_NEW), key=lambda j: (-(side_scores[r, j] + bonus[r, j]), j))
+            for rank, j in enumerate(order):
+                side_scores[r, j] = vals[rank]
     scores = np.concatenate([q @ emb.T, side_scores], axis=1).astype(np.float32)
     for r in range(len(q)):
         if boosts is not None:
@@ -75,3 +82,22 @@ def test_new_item_merge_of_an_empty_side_index_is_the_index_answer():
 def test_new_item_side_index_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="codes"):
         SideIndex(np.arange(3), np.zeros((2, 4), np.float32))
+
+
+def test_new_item_bonus_reorders_new_items_without_raising_them_above_known_ones():
+    """The bonus picks which new items; their scores stay the row's vector scores, so the number of new
+    items in the answer is the vector scores' alone."""
+    emb = np.eye(4, dtype=np.float32)[:2]  # known items 0, 1
+    ranker = Ranker(build_index(emb), emb)
+    q = np.array([[1.0, 0.5, 0.4, 0.1]], dtype=np.float32)
+    ids, scores = ranker.search(q, 3)
+    side = SideIndex(np.array([2, 3]), np.eye(4, dtype=np.float32)[2:])  # new items 2 (0.4), 3 (0.1)
+    plain, _ = side.merge(q, ids, scores)
+    assert plain.tolist() == [[0, 1, 2]]
+    bonus = np.array([[0.0, 5.0]], dtype=np.float32)  # item 3's text matches the history: it goes first
+    merged, merged_scores = side.merge(q, ids, scores, None, bonus)
+    assert merged.tolist() == [[0, 1, 3]]  # in item 2's place, not above the known items
+    np.testing.assert_allclose(merged_scores, [[1.0, 0.5, 0.4]])
+    # an excluded new item stays out whatever its bonus
+    merged, _ = side.merge(q, ids, scores, [np.array([3])], bonus)
+    assert merged.tolist() == [[0, 1, 2]]
