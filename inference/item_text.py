@@ -11,13 +11,14 @@ item ``i`` is described as ``<text>``, so the word table is trained to line up w
 
 The vector is ``alpha * projection + (1 - alpha) * neighbours``. New items are ranked by ``user_vector @ v``
 plus their **history affinity** (and merged with the known items by their vector scores alone:
-``inference.side_index``), the text counterpart of the candidate prior that known items get from the graph: ``beta * |user_vector| * c * cos(profile, bag)``, where ``profile`` is the sum of the bags of the
+``inference.side_index``), the text counterpart of the candidate prior that known items get from the
+graph: ``beta * |user_vector| * c * cos(profile, bag)``, where ``profile`` is the sum of the bags of the
 user's history items and ``c`` the mean norm of the version's item vectors (so the term scales with the
 user vector like the dot product does, and one ``beta`` fits every user). ``alpha``, ``beta``, the ridge
 strength, the neighbour count and the softmax temperature are chosen at export on items held out of the
 fit (``training/export/text_model.py``); a version exported before ``beta`` existed has ``beta = 0``. A new
-item joins the exact top-k without a rebuild (``inference.side_index``). ``nearest`` (the most similar known
-item) stands in for a new item in a prompt and names the reason ("similar text to ...").
+item joins the exact top-k without a rebuild. ``nearest`` (the most similar known item) stands in for a new
+item in a prompt and names a reason ("similar text to ...").
 """
 
 from __future__ import annotations
