@@ -61,6 +61,16 @@ def bag_of_pieces(token_lists: Sequence[np.ndarray], idf: np.ndarray) -> sp.csr_
     return l2_rows(bag.multiply(idf[None, :]).tocsr().astype(np.float32))
 
 
+def stack_rows(rows: Sequence[sp.csr_matrix], n_cols: int) -> sp.csr_matrix:
+    """One CSR matrix of single-row CSR matrices, from their arrays (``sp.vstack`` goes through COO and
+    costs ~9 ms for a thousand rows: a catalogue write rebuilds this)."""
+    lengths = np.fromiter((r.nnz for r in rows), dtype=np.int64, count=len(rows))
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    data = np.concatenate([r.data for r in rows]) if rows else np.zeros(0, np.float32)
+    indices = np.concatenate([r.indices for r in rows]) if rows else np.zeros(0, np.int32)
+    return sp.csr_matrix((data, indices, indptr), shape=(len(rows), n_cols))
+
+
 def l2_rows(m: sp.spmatrix) -> sp.csr_matrix:
     """``m`` with each row scaled to unit length (all-zero rows stay zero)."""
     m = sp.csr_matrix(m, dtype=np.float32)

@@ -35,7 +35,7 @@ import orjson
 import scipy.sparse as sp
 from redis.exceptions import RedisError
 
-from inference.item_text import TEXT_FIELDS, TextVectoriser, item_text
+from inference.item_text import TEXT_FIELDS, TextVectoriser, item_text, stack_rows
 from inference.side_index import SideIndex
 from service.background import cancelled
 from service.idempotency import certainly_not_sent
@@ -189,7 +189,7 @@ class CatalogueView:
         found = [n for n in (self.by_code.get(c) for c in codes if c >= self.n_items) if n is not None]
         own = np.zeros((len(found), 0), np.float32)
         if history is not None and history.size and text is not None and found:
-            own = text.similarity_to(sp.vstack([n.bag for n in found]).tocsr(), history)
+            own = text.similarity_to(stack_rows([n.bag for n in found], text.idf.shape[0]), history)
         out: dict[int, list[tuple[int, float, bool]]] = {}
         for row, n in enumerate(found):
             sims = own[row]
@@ -266,7 +266,7 @@ def build_view(
         SideIndex(
             np.array([n.code for n in items]),
             np.stack([n.vector for n in items]),
-            sp.vstack([n.bag for n in items]).tocsr(),
+            stack_rows([n.bag for n in items], model.text.idf.shape[0]),
         )
         if items
         else SideIndex.empty(model.ranker.dim)

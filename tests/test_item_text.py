@@ -113,3 +113,16 @@ def test_new_item_history_affinity_favours_the_text_of_the_users_own_items(tmp_p
     params = tmp_path / TEXT_MODEL_FILE / "params.json"
     params.write_text(params.read_text().replace(', "beta": 2.0', ""))
     assert TextVectoriser.load(tmp_path, tok).beta == 0.0
+
+
+def test_stack_rows_equals_vstack() -> None:
+    from inference.item_text import stack_rows
+
+    rng = np.random.default_rng(3)
+    rows = [
+        sp.random(1, 50, density=d, format="csr", dtype=np.float32, random_state=rng) for d in (0, 0.1, 0.5)
+    ]
+    got = stack_rows(rows, 50)
+    assert got.shape == (3, 50)
+    np.testing.assert_array_equal(got.toarray(), sp.vstack(rows).toarray())
+    assert stack_rows([], 50).shape == (0, 50)
