@@ -126,6 +126,10 @@ def test_retrain_reads_exactly_once_across_two_retrains(env):
     assert {"new-item-0", "new-item-1", "new-item-2"} <= set(version_items)
     snap1 = PreparedDataset.load(extra["dataset_dir"])
     assert snap1.train.nnz + snap1.test.nnz > 0 and extra["snapshot"]["holdout"] == snap1.test.nnz
+    # the warm start keeps the served version's prior weight (a one-weight grid), it does not re-pick it
+    prior = json.loads((store.path(first.version) / "metrics.json").read_text())["prior"]
+    served_prior = json.loads((store.path(served) / "metrics.json").read_text())["prior"]
+    assert prior["beta"] == served_prior["beta"] and list(prior["grid"]) == [str(float(served_prior["beta"]))]
 
     ids_b = write(env["url"], env["prefix"], b)
     second = run(env, tolerance=1.0)
