@@ -19,7 +19,8 @@ index; the route turns them into ids and titles.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -174,3 +175,30 @@ def explain(
             out[pos][:0] = [similar_text_reason(*s) for s in similar[i]]
             del out[pos][limit:]
     return out
+
+
+class ReasonCache:
+    """The reasons of recent answers, keyed by everything :func:`explain` reads (one per served version, so
+    the graph is fixed; the caller's key holds the catalogue view, the items, the history and the co-users).
+    Users come back (the user-vector cache exists for the same reason) and an unchanged history gives the
+    same answer, so most explaining requests need no graph work. Event-loop only (no locking); bounded, least
+    recently used out first. Hands out copies: the route relabels reasons in place."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size
+        self._entries: OrderedDict[Hashable, list[list[Reason]]] = OrderedDict()
+
+    def get(self, key: Hashable, compute: Callable[[], list[list[Reason]]]) -> list[list[Reason]]:
+        found = self._entries.get(key)
+        if found is None:
+            found = compute()
+            if self.size > 0:
+                self._entries[key] = found
+                if len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(key)
+        return [[dict(r) for r in reasons] for reasons in found]
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -19,6 +19,7 @@ from inference.version import EncoderChoice, InferenceVersion, open_version
 from model_store import ModelStore
 from service.batcher import MicroBatcher
 from service.config import Settings
+from service.explain import ReasonCache
 
 if TYPE_CHECKING:
     from service.catalogue import CatalogueView
@@ -53,12 +54,14 @@ class ServingModel(InferenceVersion):
     user_index: dict[str, int] = field(init=False)
     item_index: dict[str, int] = field(init=False)
     popular_order: np.ndarray = field(init=False)
+    reason_cache: ReasonCache = field(init=False)  # explain: true answers of this version's graph
 
     def __post_init__(self) -> None:
         self.user_index = {u: i for i, u in enumerate(self.user_ids)}
         self.item_index = {it: i for i, it in enumerate(self.item_ids)}
         # Stable sort: equal counts keep item order, so the popularity fallback is deterministic.
         self.popular_order = np.argsort(-np.asarray(self.popularity, dtype=np.float64), kind="stable")
+        self.reason_cache = ReasonCache()
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -110,3 +110,27 @@ def test_explain_similar_text_reason_for_a_new_item():
         {"kind": "similar_text", "item": 7, "similarity": 0.8125, "in_history": False},
     ]
     assert all(r["kind"] != "similar_text" for r in out[1])
+
+
+def test_reason_cache_computes_once_per_key_hands_out_copies_and_stays_bounded():
+    from service.explain import ReasonCache
+
+    cache, calls = ReasonCache(size=2), []
+
+    def compute(tag):
+        def f():
+            calls.append(tag)
+            return [[{"kind": "co_users", "count": len(calls)}]]
+
+        return f
+
+    first = cache.get("a", compute("a"))
+    first[0][0]["count"] = 99  # the route relabels reasons in place: the cache must not see it
+    assert cache.get("a", compute("a")) == [[{"kind": "co_users", "count": 1}]] and calls == ["a"]
+    cache.get("b", compute("b"))
+    cache.get("a", compute("a"))  # a is now the most recent
+    cache.get("c", compute("c"))  # evicts b, the least recently used
+    assert len(cache) == 2 and calls == ["a", "b", "c"]
+    cache.get("b", compute("b"))
+    assert calls == ["a", "b", "c", "b"]
+    assert ReasonCache(size=0).get("x", compute("x")) and len(ReasonCache(size=0)) == 0

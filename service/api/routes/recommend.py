@@ -28,15 +28,23 @@ router = APIRouter(tags=["recommend"], dependencies=[ApiKey])
 def _reasons(model: ServingModel, rec: Recommendation, idx: np.ndarray) -> list[list[dict[str, Any]]]:
     """Each item's reasons (service.explain) with the items they name as id and title."""
     view = model.catalogue
-    per_item = explain(
-        model.graph,
-        idx,
-        rec.history,
-        rec.co_users,
-        user=model.user_index.get(rec.user_id),
-        item_norm=model.builder.cfg.two_hop_norm,
-        similar=view.similar(idx.tolist(), rec.history, model.text) if view is not None else {},
-    )
+    user = model.user_index.get(rec.user_id)
+
+    def compute() -> list[list[dict[str, Any]]]:
+        return explain(
+            model.graph,
+            idx,
+            rec.history,
+            rec.co_users,
+            user=user,
+            item_norm=model.builder.cfg.two_hop_norm,
+            similar=view.similar(idx.tolist(), rec.history, model.text) if view is not None else {},
+        )
+
+    # everything explain() reads besides the version's graph (the catalogue's sequence: its text reasons)
+    seq = view.seq if view is not None else None
+    key = (seq, user, idx.tobytes(), rec.history.tobytes(), rec.co_users.tobytes())
+    per_item = model.reason_cache.get(key, compute)
     for reasons in per_item:
         for r in reasons:
             if "item" in r:
