@@ -43,7 +43,8 @@ def _reasons(model: ServingModel, rec: Recommendation, idx: np.ndarray) -> list[
 
     # everything explain() reads besides the version's graph (the catalogue's sequence: its text reasons)
     seq = view.seq if view is not None else None
-    key = (seq, user, idx.tobytes(), rec.history.tobytes(), rec.co_users.tobytes())
+    # int64 bytes whatever the source (co-users read from the version's files and from Redis differ in dtype)
+    key = (seq, user, *(np.asarray(a, np.int64).tobytes() for a in (idx, rec.history, rec.co_users)))
     per_item = model.reason_cache.get(key, compute)
     for reasons in per_item:
         for r in reasons:
