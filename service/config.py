@@ -99,6 +99,12 @@ class Settings(BaseSettings):
         description="Keep the user vector in the cache entry, so a repeat request of an unchanged user skips "
         "the encoder (invalidated with the entry when the user's history changes).",
     )
+    reason_cache_size: int = Field(
+        2048,
+        ge=0,
+        description="Answers of explain: true whose reasons each served version keeps (least recently used "
+        "out first; 0: none), so a repeat request of an unchanged user needs no graph work.",
+    )
     gil_switch_interval_ms: float = Field(
         0.5, gt=0, description="Python's GIL switch interval (sys.setswitchinterval) for the server process."
     )

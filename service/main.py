@@ -66,6 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis.client, settings.redis_prefix, lambda: holder.current, timeout_s=settings.redis_timeout_s
     )
     m.catalogue_view = lambda: holder.current.catalogue if holder.current is not None else None
+    m.reason_cache = lambda: holder.current.reason_cache if holder.current is not None else None
     app.state.edgerec = state
     await cache.ping()
     with contextlib.suppress(LoadFailed):  # logged; /readyz says why until a load succeeds

@@ -19,10 +19,11 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
     from service.catalogue import CatalogueView
+    from service.explain import ReasonCache
 
 # The last retrain's status record, under the model store (written atomically by `edgerec retrain`).
 RETRAIN_STATUS_FILE = Path("retrain") / "last.json"
@@ -116,6 +117,9 @@ class Metrics:
         # the served catalogue view, read when scraped; lifespan points it at its model holder
         self.catalogue_view: Callable[[], CatalogueView | None] = lambda: None
         r.register(CatalogueGauges(lambda: self.catalogue_view()))
+        # the served version's reason cache (explain: true), read when scraped; lifespan sets it too
+        self.reason_cache: Callable[[], ReasonCache | None] = lambda: None
+        r.register(ReasonCacheMetrics(lambda: self.reason_cache()))
         hit_ratio = Gauge(
             "edgerec_cache_hit_ratio", "Neighbourhood cache hits / lookups since start.", registry=r
         )
@@ -185,6 +189,33 @@ class CatalogueGauges:
             "edgerec_catalogue_withdrawn_model_items",
             "Items of the served version withdrawn through the catalogue (left out of every answer).",
             value=float(len(v.excluded)),
+        )
+
+
+class ReasonCacheMetrics:
+    """The served version's reason cache (``explain: true``): lookups by result and entries held. Each
+    version has its own cache, so the counter starts again at a swap (``rate()`` treats that as a reset)."""
+
+    def __init__(self, cache: Callable[[], ReasonCache | None]) -> None:
+        self.cache = cache
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        c = self.cache()
+        if c is None:
+            return
+        lookups = CounterMetricFamily(
+            "edgerec_reason_cache_lookups",
+            "Reason-cache lookups of explain: true answers of the served version, by result.",
+            labels=["result"],
+        )
+        lookups.add_metric(["hit"], float(c.hits))
+        lookups.add_metric(["miss"], float(c.misses))
+        yield lookups
+        yield GaugeMetricFamily(
+            "edgerec_reason_cache_entries", "Answers the served version's reason cache holds.", value=len(c)
         )
 
 

@@ -19,7 +19,7 @@ from inference.version import EncoderChoice, InferenceVersion, open_version
 from model_store import ModelStore
 from service.batcher import MicroBatcher
 from service.config import Settings
-from service.explain import ReasonCache
+from service.explain import PairCounts, ReasonCache
 
 if TYPE_CHECKING:
     from service.catalogue import CatalogueView
@@ -54,14 +54,18 @@ class ServingModel(InferenceVersion):
     user_index: dict[str, int] = field(init=False)
     item_index: dict[str, int] = field(init=False)
     popular_order: np.ndarray = field(init=False)
+    reason_cache_size: int = 2048  # EDGEREC_REASON_CACHE_SIZE
     reason_cache: ReasonCache = field(init=False)  # explain: true answers of this version's graph
+    pairs: PairCounts | None = field(init=False)  # the graph's co-occurrence counts, for explain: true
 
     def __post_init__(self) -> None:
         self.user_index = {u: i for i, u in enumerate(self.user_ids)}
         self.item_index = {it: i for i, it in enumerate(self.item_ids)}
         # Stable sort: equal counts keep item order, so the popularity fallback is deterministic.
         self.popular_order = np.argsort(-np.asarray(self.popularity, dtype=np.float64), kind="stable")
-        self.reason_cache = ReasonCache()
+        self.reason_cache = ReasonCache(self.reason_cache_size)
+        # built here, in the loading thread: a first explaining request must not stall the event loop
+        self.pairs = PairCounts.build(self.graph)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -105,6 +109,7 @@ def load_serving_model(settings: Settings, version: str) -> ServingModel:
         created_at=m.created_at,
         metrics=m.metrics.model_dump(),
         dataset_fingerprint=m.dataset_fingerprint,
+        reason_cache_size=settings.reason_cache_size,
     )
     model.check()
     log.info(

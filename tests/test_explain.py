@@ -112,7 +112,7 @@ def test_explain_similar_text_reason_for_a_new_item():
     assert all(r["kind"] != "similar_text" for r in out[1])
 
 
-def test_reason_cache_computes_once_per_key_hands_out_copies_and_stays_bounded():
+def test_reason_cache_computes_once_per_key_counts_lookups_and_stays_bounded():
     from service.explain import ReasonCache
 
     cache, calls = ReasonCache(size=2), []
@@ -125,12 +125,35 @@ def test_reason_cache_computes_once_per_key_hands_out_copies_and_stays_bounded()
         return f
 
     first = cache.get("a", compute("a"))
-    first[0][0]["count"] = 99  # the route relabels reasons in place: the cache must not see it
-    assert cache.get("a", compute("a")) == [[{"kind": "co_users", "count": 1}]] and calls == ["a"]
+    assert cache.get("a", compute("a")) is first and calls == ["a"]  # stored as computed, handed out as is
     cache.get("b", compute("b"))
     cache.get("a", compute("a"))  # a is now the most recent
     cache.get("c", compute("c"))  # evicts b, the least recently used
     assert len(cache) == 2 and calls == ["a", "b", "c"]
     cache.get("b", compute("b"))
     assert calls == ["a", "b", "c", "b"]
+    assert (cache.hits, cache.misses) == (2, 4)
     assert ReasonCache(size=0).get("x", compute("x")) and len(ReasonCache(size=0)) == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_explain_pair_counts_give_the_block_products_reasons(seed):
+    """The version's PairCounts and the block product are two ways to the same reasons (the first is what a
+    service uses; the second is for graphs too big for it)."""
+    from service.explain import PairCounts
+
+    graph, _, rng = random_graph(seed, n_users=80, n_items=50, p=0.15)
+    pairs = PairCounts.build(graph)
+    assert pairs is not None and PairCounts.build(graph, max_pairs=1) is None
+    for _ in range(10):
+        user = int(rng.integers(graph.n_users))
+        history = np.concatenate([graph.user_items(user), rng.permutation(graph.n_items)[:3]])
+        items = rng.permutation(graph.n_items)[:12]  # seen items too (exclude_seen off)
+        co_users = rng.permutation(graph.n_users)[:6]
+        for who in (user, None):
+            args = (graph, items, history, co_users)
+            slow = graph_reasons(*args, user=who, item_norm=0.5, limit=99)
+            assert graph_reasons(*args, user=who, item_norm=0.5, limit=99, pairs=pairs) == slow
+            assert graph_reasons(*args, user=who, item_norm=0.5, pairs=pairs) == graph_reasons(
+                *args, user=who, item_norm=0.5
+            )

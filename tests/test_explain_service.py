@@ -206,3 +206,23 @@ def test_explain_a_new_catalogue_item_by_its_text(http, store):
     for item in everything["items"]:  # the other items' reasons still name only the user's own items
         assert {r["item_id"] for r in item["reasons"] if r["kind"] == "co_occurrence"} <= raw.train[user]
     assert RecommendResponse.model_validate(everything).model_dump() == everything
+
+
+def _reason_lookups(http) -> dict[str, float]:
+    text = http.get("/metrics").text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("edgerec_reason_cache_lookups_total{"):
+            out[line.split('"')[1]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_explain_reason_cache_serves_a_repeat_answer_and_reports_it(http, store):
+    user = store.user_ids[40]
+    before = _reason_lookups(http)
+    first = http.post(f"/recommend/{user}", json={"k": 10, "explain": True}).json()
+    again = http.post(f"/recommend/{user}", json={"k": 10, "explain": True}).json()
+    after = _reason_lookups(http)
+    assert first["items"] == again["items"]  # the cached reasons are the computed ones
+    assert after["miss"] - before.get("miss", 0) == 1 and after["hit"] - before.get("hit", 0) == 1
+    assert "edgerec_reason_cache_entries " in http.get("/metrics").text

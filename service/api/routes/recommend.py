@@ -26,12 +26,13 @@ router = APIRouter(tags=["recommend"], dependencies=[ApiKey])
 
 
 def _reasons(model: ServingModel, rec: Recommendation, idx: np.ndarray) -> list[list[dict[str, Any]]]:
-    """Each item's reasons (service.explain) with the items they name as id and title."""
+    """Each item's reasons (service.explain), naming items by id and title; read-only (the version's reason
+    cache hands the same lists to every answer that asks for them)."""
     view = model.catalogue
     user = model.user_index.get(rec.user_id)
 
     def compute() -> list[list[dict[str, Any]]]:
-        return explain(
+        per_item = explain(
             model.graph,
             idx,
             rec.history,
@@ -39,19 +40,21 @@ def _reasons(model: ServingModel, rec: Recommendation, idx: np.ndarray) -> list[
             user=user,
             item_norm=model.builder.cfg.two_hop_norm,
             similar=view.similar(idx.tolist(), rec.history, model.text) if view is not None else {},
+            pairs=model.pairs,
         )
+        for reasons in per_item:
+            for r in reasons:
+                if "item" in r:
+                    i = r.pop("item")
+                    r["item_id"], r["title"] = item_label(model, i)
+        return per_item
 
-    # everything explain() reads besides the version's graph (the catalogue's sequence: its text reasons)
+    # everything explain() and the labels read besides the version's graph (the catalogue's sequence: text
+    # reasons and titles); int64 bytes whatever the source (co-users read from the version's files and from
+    # Redis differ in dtype)
     seq = view.seq if view is not None else None
-    # int64 bytes whatever the source (co-users read from the version's files and from Redis differ in dtype)
     key = (seq, user, *(np.asarray(a, np.int64).tobytes() for a in (idx, rec.history, rec.co_users)))
-    per_item = model.reason_cache.get(key, compute)
-    for reasons in per_item:
-        for r in reasons:
-            if "item" in r:
-                i = r.pop("item")
-                r["item_id"], r["title"] = item_label(model, i)
-    return per_item
+    return model.reason_cache.get(key, compute)
 
 
 def to_response(model: ServingModel, rec: Recommendation, explain_items: bool = False) -> dict[str, Any]:
