@@ -246,8 +246,12 @@ def delta_stats(before: dict[str, float], after: dict[str, float]) -> dict:
         for k, v in after.items()
         if k.startswith("edgerec_fallbacks_total")
     }
+    reasons = {res: d(f'edgerec_reason_cache_lookups_total{{result="{res}"}}') for res in ("hit", "miss")}
+    n_reasons = sum(reasons.values())
     return {
         "cache_hit_ratio": round(look["hit"] / n_look, 3) if n_look else None,
+        # explain: true answers whose reasons came from the version's reason cache (None: no such request)
+        "reason_cache_hit_ratio": round(reasons["hit"] / n_reasons, 3) if n_reasons else None,
         "encoder_skipped_ratio": round(d("edgerec_encoder_skipped_total") / n_rec, 3) if n_rec else None,
         "mean_batch_size": round(d("edgerec_batch_size_sum") / max(d("edgerec_batch_size_count"), 1), 2),
         "mean_stage_ms": stages,
@@ -574,6 +578,8 @@ def main() -> None:
                         r = run_wrk(base, users_file, c, args.duration, seed=seed, body=body)
                         cpu = service_cpu_seconds(svc.pid) - cpu0
                         r.update(delta_stats(before, scrape(base)), loadavg_1m=[load0, os.getloadavg()[0]])
+                        if body != EXPLAIN:  # what it counted were the last explain run's requests in flight
+                            r["reason_cache_hit_ratio"] = None
                         r["service_cpu_ms_per_request"] = round(1000 * cpu / max(r["requests"], 1), 3)
                         if rounds > 1:
                             r["round"] = n
@@ -647,6 +653,8 @@ def print_summary(r: dict) -> None:
             name = f"{label} c={c}" + (f" round {row['round']}" if "round" in row else "")
             msg = f"{name}: p99 {row['p99_ms']:.1f} ms, errors {row['errors']}"
             msg += f", cache hits {row['cache_hit_ratio']}, encoder skipped {row['encoder_skipped_ratio']}"
+            if row.get("reason_cache_hit_ratio") is not None:
+                msg += f", reason-cache hits {row['reason_cache_hit_ratio']}"
             msg += f", load average {row['loadavg_1m'][0]:.1f}-{row['loadavg_1m'][1]:.1f}"
             if "service_cpu_ms_per_request" in row:
                 msg += f", service CPU {row['service_cpu_ms_per_request']:.2f} ms per request"
