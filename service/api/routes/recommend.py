@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Response
 
 from service.api.common import ERRORS, UserPath, json_response, unknown_items
@@ -25,13 +26,14 @@ from service.serving import ServingModel
 router = APIRouter(tags=["recommend"], dependencies=[ApiKey])
 
 
-def _reasons(model: ServingModel, rec: Recommendation, idx: np.ndarray) -> list[list[dict[str, Any]]]:
-    """Each item's reasons (service.explain), naming items by id and title; read-only (the version's reason
-    cache hands the same lists to every answer that asks for them)."""
+def _reasons(model: ServingModel, rec: Recommendation, idx: np.ndarray) -> list[orjson.Fragment]:
+    """Each item's reasons (service.explain), naming items by id and title, as JSON ready to splice into the
+    answer: the version's reason cache keeps them that way (~0.3 KB per item instead of ~3 KB of dicts, and
+    a cached answer costs no serialising)."""
     view = model.catalogue
     user = model.user_index.get(rec.user_id)
 
-    def compute() -> list[list[dict[str, Any]]]:
+    def compute() -> list[orjson.Fragment]:
         per_item = explain(
             model.graph,
             idx,
@@ -47,7 +49,7 @@ def _reasons(model: ServingModel, rec: Recommendation, idx: np.ndarray) -> list[
                 if "item" in r:
                     i = r.pop("item")
                     r["item_id"], r["title"] = item_label(model, i)
-        return per_item
+        return [orjson.Fragment(orjson.dumps(reasons)) for reasons in per_item]
 
     # everything explain() and the labels read besides the version's graph (the catalogue's sequence: text
     # reasons and titles); int64 bytes whatever the source (co-users read from the version's files and from
