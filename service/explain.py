@@ -12,9 +12,11 @@ was built on (the version's train graph) and the user's history (train + live + 
   history items whose text is most similar (the history affinity that scored it), then its text's nearest
   known item (``in_history`` says which).
 
-The graph reasons of all k items come from a few vectorised joins over the graph's CSR arrays (no Python loop
-over users or pairs): this runs on the event loop of every request that asks for it. Reasons name items by
-index; the route turns them into ids and titles.
+This runs on the event loop of every request that asks for it, so it is built for cost: the co-occurrence
+counts of an answer's (history item, recommended item) pairs are one binary search in the version's
+:class:`PairCounts` (built once per version at load), the co-users' share two more, and the reasons of a
+returning user's unchanged answer come from the version's :class:`ReasonCache`. Reasons name items by index;
+the route turns them into ids and titles.
 """
 
 from __future__ import annotations

@@ -26,8 +26,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    # Only for a whole run from the command line: pytester/in-process runs must return to their caller.
+    # Only for a whole run from the command line: pytester/in-process runs must return to their caller, and
+    # an xdist worker must leave through xdist's own shutdown (the controller waits for its last message).
     if _exit_status is None or os.environ.get("EDGEREC_TEST_NO_HARD_EXIT") or not config.option.hard_exit:
+        return
+    if hasattr(config, "workerinput"):
         return
     sys.stdout.flush()
     sys.stderr.flush()
