@@ -100,11 +100,12 @@ class Settings(BaseSettings):
         "the encoder (invalidated with the entry when the user's history changes).",
     )
     reason_cache_size: int = Field(
-        8192,
+        32768,
         ge=0,
-        description="Answers of explain: true whose reasons each served version keeps, as JSON (~4.6 KB per "
-        "answer of 10 items: 8192 hold ~38 MB; least recently used out first; 0: none), so a repeat request "
-        "of an unchanged user needs no graph work.",
+        description="Answers of explain: true whose reasons each served version keeps, as JSON (~4.5 KB per "
+        "answer of 10 items: 32768 hold up to ~145 MB; least recently used out first; 0: none), so a repeat "
+        "request of an unchanged user needs no graph work. Size it to the users who ask for reasons within a "
+        "few hours.",
     )
     gil_switch_interval_ms: float = Field(
         0.5, gt=0, description="Python's GIL switch interval (sys.setswitchinterval) for the server process."

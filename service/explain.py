@@ -277,7 +277,7 @@ class ReasonCache:
     recently used out first. Entries are handed out as they are stored, so callers must not change them
     (the route serialises them straight away). ``hits`` and ``misses`` count lookups since it was made."""
 
-    def __init__(self, size: int = 8192) -> None:
+    def __init__(self, size: int = 32768) -> None:
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
         self.size = size
