@@ -188,10 +188,16 @@ def _show_new_item(console, http, admin_key: str, user: str, like: str) -> None:
         f"[bold]catalogue[/]: added demo-new-item ({body['title'][:50]}), text like {like}; "
         f"recommendable: {added['recommendable']}{why_not}"
     )
-    answer = http.post(f"/recommend/{user}", json={"k": 100}).json()
+    # Where it ranks in the longest answer the API gives, then its own reasons: a new item competes with its
+    # text vector's score, so it need not reach a top 10 (the text only orders it among the new items).
+    answer = http.post(f"/recommend/{user}", json={"k": 1000}).json()
     rank = next((n for n, it in enumerate(answer["items"], 1) if it["id"] == "demo-new-item"), None)
-    where = f"#{rank} of user {user}'s top 100" if rank else f"not in user {user}'s top 100"
-    console.print(f"  demo-new-item is {where}, served by the same version {answer['model_version']}")
+    where = f"#{rank} of {len(answer['items'])} for user {user}" if rank else f"not in user {user}'s top 1000"
+    console.print(f"  demo-new-item ranks {where}, served by the same version {answer['model_version']}")
+    if rank:
+        why = http.post(f"/recommend/{user}", json={"k": rank, "explain": True}).json()["items"][-1]
+        if why["id"] == "demo-new-item":
+            _print_reasons(console, why)
 
 
 def _some_user(store, version: str) -> str:

@@ -78,6 +78,8 @@ def test_demo_with_a_promoted_model(tmp_path):
     out = proc.stdout
     assert "promoted version" in out and "top 10 for user" in out
     assert "cold_start_context" in out and "demo done" in out
+    assert "added demo-new-item" in out and "demo-new-item ranks #" in out  # the added item is served
+    assert "why demo-new-item" in out and "similar text to" in out  # and explained by its text
 
 
 def test_serving_an_onnx_version_imports_no_torch(tmp_path):
