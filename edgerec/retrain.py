@@ -50,10 +50,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import typer
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from model_store.cli import STORE_OPTION
 from service.metrics import RETRAIN_STATUS_FILE
@@ -67,6 +70,7 @@ DEFAULT_TOLERANCE = 0.02
 DEFAULT_MIN_HOLDOUT = 100
 DEFAULT_KEEP_SNAPSHOTS = 3
 GATE_METRIC = "recall@20"
+GATE_Z = 1.645  # one-sided 95 %: how far from zero a per-user difference must lie to be more than noise
 EXIT_FAILED = 2
 
 
@@ -329,20 +333,46 @@ def gate_decision(
     tolerance: float,
     holdout: int,
     min_holdout: int = DEFAULT_MIN_HOLDOUT,
+    served_users: np.ndarray | None = None,
+    candidate_users: np.ndarray | None = None,
 ) -> dict[str, Any]:
+    """Promote unless the candidate's R@20 is below the served version's by more than ``tolerance``.
+
+    With both versions' per-user R@20 on the same holdout users (``served_users``, ``candidate_users``) the
+    record also says how sure that comparison is (``paired``: the mean per-user difference, its standard
+    error and whether it lies beyond 1.645 standard errors from zero, one-sided 95 %). The decision stays
+    on the means: a gate that passed whatever the holdout cannot tell apart would promote a wrecked model
+    on a small holdout (30 users: a candidate with no hit at all is within one standard error of a served
+    version with one), so small holdouts are refused by ``min_holdout`` and a refusal the record marks as
+    not significant is the sign to wait for more traffic rather than to distrust the candidate."""
+    import numpy as np  # here: the CLI's other commands do not need it
+
     s, c = float(served.get(GATE_METRIC, 0.0)), float(candidate.get(GATE_METRIC, 0.0))
     floor = s * (1.0 - tolerance)
     too_small = holdout < max(1, min_holdout)
     passed = not too_small and c >= floor
+    paired: dict[str, Any] | None = None
+    noise = ""
+    if served_users is not None and candidate_users is not None and len(served_users) > 1:
+        d = np.asarray(candidate_users, np.float64) - np.asarray(served_users, np.float64)
+        mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))
+        significant = abs(mean) > GATE_Z * se
+        paired = {"mean_difference": mean, "standard_error": se, "users": int(d.size)}
+        paired["significant"] = significant
+        noise = (
+            f"; per user over {d.size} holdout users: {mean:+.4f} ± {se:.4f} (standard error), "
+            + ("beyond" if significant else "within")
+            + " the noise of this holdout"
+        )
     if too_small:
         reason = (
             f"holdout too small: {holdout} interaction(s) < --min-holdout {min_holdout} "
             "(retrain when more traffic has come in, or --force-promote)"
         )
-    elif passed:
-        reason = f"candidate {GATE_METRIC} {c:.4f} >= served {s:.4f} x (1 - {tolerance:g}) = {floor:.4f}"
     else:
-        reason = f"candidate {GATE_METRIC} {c:.4f} < served {s:.4f} x (1 - {tolerance:g}) = {floor:.4f}"
+        op = ">=" if passed else "<"
+        reason = f"candidate {GATE_METRIC} {c:.4f} {op} served {s:.4f} x (1 - {tolerance:g}) = {floor:.4f}"
+        reason += noise
     return {
         "metric": GATE_METRIC,
         "tolerance": tolerance,
@@ -351,6 +381,7 @@ def gate_decision(
         "too_small": too_small,
         "served": served,
         "candidate": candidate,
+        "paired": paired,
         "passed": passed,
         "reason": reason,
     }
@@ -652,9 +683,19 @@ def _learn(store, base, state, keys, read, catalogue, ck, opts: Options, ranks: 
     _hook("train")
     index_kind = json.loads((base_dir / "export.json").read_text()).get("index_kind", "exact")
     export_run(run_dir, export_dir, index_kind, dataset=snap_dir, overwrite=True)
-    served_m = score_holdout(base_dir, snap.data)
-    cand_m = score_holdout(export_dir, snap.data)
-    gate = gate_decision(served_m, cand_m, opts.tolerance, snap.stats["holdout"], opts.min_holdout)
+    served_u: dict[str, np.ndarray] = {}
+    cand_u: dict[str, np.ndarray] = {}
+    served_m = score_holdout(base_dir, snap.data, per_user=served_u)
+    cand_m = score_holdout(export_dir, snap.data, per_user=cand_u)
+    gate = gate_decision(
+        served_m,
+        cand_m,
+        opts.tolerance,
+        snap.stats["holdout"],
+        opts.min_holdout,
+        served_u.get(GATE_METRIC),
+        cand_u.get(GATE_METRIC),
+    )
     stream = {
         "shards": {k: r.to_dict() for k, r in read.ranges.items()},
         "entries": read.count,

@@ -219,6 +219,7 @@ def test_retrain_gate_refuses_a_worse_candidate(env):
     assert gate["holdout"] > 0 and gate["served"]["recall@20"] > 0
     assert not gate["passed"] and res.status == "published" and "NOT promoted" in res.message
     assert gate["candidate"]["recall@20"] < gate["served"]["recall@20"] * (1 - gate["tolerance"])
+    assert gate["paired"]["users"] > 0 and "holdout users" in gate["reason"]  # how sure, said with it
     assert store.current() == served  # still serving the old version
     assert store.manifest(res.version).extra["retrain"]["gate"]["passed"] is False
     assert load_checkpoint(env["root"] / "retrain").version == res.version  # learned from, not lost
@@ -374,3 +375,29 @@ def test_retrain_snapshot_selects_on_recent_interactions_once_enough_users_have_
     monkeypatch.setattr(snapshot, "MIN_RECENT_VALID", 9)  # 8 users: too few, the base's valid stays
     snap = merge(base, events)
     assert snap.stats["valid"] == "base" and pairs(snap.data.valid) == pairs(base.valid)
+
+
+def test_retrain_gate_says_whether_a_difference_is_beyond_the_holdouts_noise():
+    """The gate decides on the means and reports the paired per-user comparison: a same-quality candidate
+    reshuffling hits is within the noise, a real drop is beyond it."""
+    from edgerec.retrain import gate_decision
+
+    rng = np.random.default_rng(0)
+    served_u = (rng.random(300) < 0.3).astype(float)
+    moved = rng.choice(300, 120, replace=False)
+    noisy = served_u.copy()
+    noisy[moved] = served_u[rng.permutation(moved)]  # the same hits, moved between users
+    worse = np.where(served_u > 0, (rng.random(300) < 0.6).astype(float), served_u)  # loses 40 % of hits
+
+    def decide(cand_u):
+        means = {"recall@20": served_u.mean()}, {"recall@20": cand_u.mean()}
+        return gate_decision(*means, 0.02, 300, 100, served_u, cand_u)
+
+    same, drop = decide(noisy), decide(worse)
+    assert same["paired"]["users"] == 300 and not same["paired"]["significant"]
+    assert "within the noise" in same["reason"]
+    assert not drop["passed"] and drop["paired"]["significant"] and "beyond the noise" in drop["reason"]
+    assert drop["paired"]["mean_difference"] == pytest.approx(worse.mean() - served_u.mean())
+    assert decide(served_u.copy())["passed"]  # identical answers
+    unpaired = gate_decision({"recall@20": 0.30}, {"recall@20": 0.29}, 0.02, 300, 100)
+    assert not unpaired["passed"] and unpaired["paired"] is None

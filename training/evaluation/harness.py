@@ -46,12 +46,15 @@ def evaluate(
     batch_size: int = 1024,
     users: np.ndarray | None = None,
     mask_valid_on_test: bool = False,
+    per_user: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Score ``dataset``'s held-out ``split`` with ``score_fn``.
 
     ``dataset`` is anything with CSR ``train``, ``valid``, ``test`` attributes (a ``PreparedDataset``).
     ``users`` restricts evaluation to a subset (e.g. a quick check); by default every user with held-out
-    items. Returns ``{"recall@20": ..., "recall@40": ..., "ndcg@100": ..., "users": n}``.
+    items. Returns ``{"recall@20": ..., "recall@40": ..., "ndcg@100": ..., "users": n}``. ``per_user``, when
+    given, is filled with each metric's per-user values and ``"user"`` (the users in that order): two models
+    scored on one split can then be compared user by user (the retrain gate's paired test).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -67,12 +70,18 @@ def evaluate(
             raise ValueError(f"user indices must lie in [0, {n_users})")
         users = users[has_heldout[users]]
     acc = MetricAccumulator(metric_names(ks, ndcg_ks))
+    parts: list[dict[str, np.ndarray]] = []
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
         scores = _to_numpy(score_fn(batch))
         if scores.shape != (len(batch), n_items):
             raise ValueError(f"score_fn returned shape {scores.shape}, expected {(len(batch), n_items)}")
-        acc.add(batch_metrics(scores, heldout[batch], ks, ndcg_ks, exclude=mask[batch]))
+        found = batch_metrics(scores, heldout[batch], ks, ndcg_ks, exclude=mask[batch])
+        acc.add(found)
+        if per_user is not None:
+            parts.append({"user": batch, **found})
+    if per_user is not None and parts:
+        per_user.update({k: np.concatenate([b[k] for b in parts]) for k in parts[0]})
     return acc.result()
 
 

@@ -21,8 +21,14 @@ from inference.version import open_version
 from training.evaluation.harness import DEFAULT_KS, DEFAULT_NDCG_KS, evaluate
 
 
-def score_holdout(version_dir: str | os.PathLike[str], snapshot, batch_size: int = 128) -> dict[str, float]:
-    """Metrics of the version folder on ``snapshot``'s holdout (its ``test`` split)."""
+def score_holdout(
+    version_dir: str | os.PathLike[str],
+    snapshot,
+    batch_size: int = 128,
+    per_user: dict[str, np.ndarray] | None = None,
+) -> dict[str, float]:
+    """Metrics of the version folder on ``snapshot``'s holdout (its ``test`` split); ``per_user`` as
+    :func:`training.evaluation.harness.evaluate` fills it."""
     version = open_version(Path(version_dir))
     n_u, n_i = len(version.user_ids), len(version.item_ids)
     if version.user_ids != snapshot.user_ids[:n_u] or version.item_ids != snapshot.item_ids[:n_i]:
@@ -50,4 +56,4 @@ def score_holdout(version_dir: str | os.PathLike[str], snapshot, batch_size: int
                 out[r, i[ok]] = s[ok]
         return out
 
-    return evaluate(score, snapshot, "test", batch_size=batch_size)
+    return evaluate(score, snapshot, "test", batch_size=batch_size, per_user=per_user)
