@@ -14,7 +14,8 @@ own path (prompt, encoder, prior, search), then the route's answer building is t
 - ``explain, cached``: a returning user's unchanged answer (reasons from the reason cache).
 
 The load bench (``--explain``) gives what these cost a running service at 32 clients; this separates the
-parts. It also prints the size of ``PairCounts`` and of one cached answer.
+parts. It also prints the size of ``PairCounts``, of one answer's reasons as JSON and the memory one cached
+answer holds (tracemalloc: key, fragments and their strings).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +97,14 @@ def main() -> None:
     pairs, model.pairs = model.pairs, None
     out["explain_block_product_us"] = timed(computed)
     model.pairs = pairs
-    for r in recs:  # fill the cache, then time hits
+    model.reason_cache._entries.clear()
+    tracemalloc.start()  # fill the cache (what one cached answer holds), then time hits
+    before = tracemalloc.get_traced_memory()[0]
+    for r in recs:
         answer(r, True)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    out["cached_answer_bytes_held"] = round(held / len(model.reason_cache))
     out["explain_cached_us"] = timed(lambda r: answer(r, True))
     out["pair_counts_mb"] = round(pairs.nbytes / 2**20, 1) if pairs is not None else None
     one = to_response(model, recs[0], True)

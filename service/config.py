@@ -12,6 +12,10 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Answers a version's reason cache keeps by default: ~4.5 KB each as JSON (benchmarks/explain_bench.py), so
+# up to ~145 MB.
+REASON_CACHE_SIZE = 32768
+
 
 class Settings(BaseSettings):
     # An empty variable (e.g. EDGEREC_API_KEY= in a compose file) means unset, never "require an empty key".
@@ -100,7 +104,7 @@ class Settings(BaseSettings):
         "the encoder (invalidated with the entry when the user's history changes).",
     )
     reason_cache_size: int = Field(
-        32768,
+        REASON_CACHE_SIZE,
         ge=0,
         description="Answers of explain: true whose reasons each served version keeps, as JSON (~4.5 KB per "
         "answer of 10 items: 32768 hold up to ~145 MB; least recently used out first; 0: none), so a repeat "

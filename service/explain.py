@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from graphprompt.graph import BipartiteGraph
+from service.config import REASON_CACHE_SIZE
 
 MAX_REASONS = 3
 
@@ -45,8 +46,8 @@ def _row_entries(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> t
     return owner, indices[pos].astype(np.int64)
 
 
-# Most item pairs a PairCounts may hold (16 bytes each: a 256 MB ceiling). Amazon-beauty has 1.4 M (23 MB,
-# 0.15 s to build); a graph past the ceiling is explained by the block product instead.
+# Most item pairs a PairCounts may hold (16 bytes each: a 256 MB ceiling). Amazon-beauty has 1.4 M (21.8 MiB,
+# benchmarks/explain_bench.py); a graph past the ceiling is explained by the block product instead.
 MAX_PAIRS = 16_000_000
 
 
@@ -55,9 +56,8 @@ class PairCounts:
     sorted array of pair keys ``h * n_items + c`` and their counts, built once per served version.
 
     The counts of every (history item, recommended item) pair of an answer are then one binary search
-    (~20 us for 16 x 10 pairs), where the block product of :func:`co_occurrence` over the items' users costs
-    ~0.2-0.5 ms per answer: the difference between explanations that cost the service a fifth more CPU per
-    request and ones that do not show."""
+    instead of the block product of :func:`co_occurrence` over the items' users: with the rest of the
+    route, 215-300 us per explained answer against 264-465 us (``benchmarks/explain_bench.py``)."""
 
     def __init__(self, keys: np.ndarray, counts: np.ndarray, n_items: int) -> None:
         # a last key above every query, so a search never runs off the end (no clipping per call)
@@ -277,7 +277,7 @@ class ReasonCache:
     recently used out first. Entries are handed out as they are stored, so callers must not change them
     (the route serialises them straight away). ``hits`` and ``misses`` count lookups since it was made."""
 
-    def __init__(self, size: int = 32768) -> None:
+    def __init__(self, size: int = REASON_CACHE_SIZE) -> None:
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
         self.size = size

@@ -18,7 +18,7 @@ import numpy as np
 from inference.version import EncoderChoice, InferenceVersion, open_version
 from model_store import ModelStore
 from service.batcher import MicroBatcher
-from service.config import Settings
+from service.config import REASON_CACHE_SIZE, Settings
 from service.explain import PairCounts, ReasonCache
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class ServingModel(InferenceVersion):
     user_index: dict[str, int] = field(init=False)
     item_index: dict[str, int] = field(init=False)
     popular_order: np.ndarray = field(init=False)
-    reason_cache_size: int = 32768  # EDGEREC_REASON_CACHE_SIZE
+    reason_cache_size: int = REASON_CACHE_SIZE  # EDGEREC_REASON_CACHE_SIZE
     reason_cache: ReasonCache = field(init=False)  # explain: true answers of this version's graph
     pairs: PairCounts | None = field(init=False)  # the graph's co-occurrence counts, for explain: true
 
