@@ -643,7 +643,7 @@ def _learn(store, base, state, keys, read, catalogue, ck, opts: Options, ranks: 
     from training.data.snapshot import Event, merge
     from training.evaluation.holdout import score_holdout
     from training.export.exporter import code_version, export_run, version_metadata
-    from training.recipe.warm_start import base_train_config, served_prior_weight, warm_train
+    from training.recipe.warm_start import base_train_config, served_blend, warm_train
 
     t0 = time.time()
     base_dir = store.path(base)
@@ -665,8 +665,7 @@ def _learn(store, base, state, keys, read, catalogue, ck, opts: Options, ranks: 
     )
     recorded = store.manifest(base).extra.get("retrain", {}).get("train_config")
     train_cfg = base_train_config(base_dir, recorded)
-    kept = served_prior_weight(base_dir)
-    run_cfg = {**train_cfg, **({"prior_grid": [kept]} if kept is not None else {})}
+    run_cfg = {**train_cfg, **served_blend(base_dir)}
     run_cfg |= opts.train_overrides  # this retrain's only, never recorded as base
     if ranks.dist is not None:
         run_cfg["device"] = ranks.device  # the device the process group was set up for

@@ -40,6 +40,15 @@ def candidate_boosts(
     return out
 
 
+def merge_boosts(a: Boost | None, b: Boost | None) -> Boost | None:
+    """One user's two boosts as one (an item in both gets the sum: the ranker's merge adds duplicates)."""
+    if a is None or not len(a[0]):
+        return b if b is not None and len(b[0]) else a
+    if b is None or not len(b[0]):
+        return a
+    return np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]])
+
+
 class Ranker:
     """Top-k items per user from an index, leaving out each user's excluded items (e.g. already seen).
 

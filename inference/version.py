@@ -29,9 +29,10 @@ from inference.encoders import (
     Encoder,
     open_encoder,
 )
+from inference.item_item import ITEM_ITEM_DIR, ItemItem
 from inference.item_text import TextVectoriser
 from inference.neighbourhoods import NBR_FILE, NBR_META, StoredNeighbourhoods, open_neighbourhoods
-from inference.ranker import Boost, Ranker, candidate_boosts
+from inference.ranker import Boost, Ranker, candidate_boosts, merge_boosts
 from model_store.index import INDEX_FILE, INDEX_META, load_index
 
 EXPORT_INFO_FILE = "export.json"
@@ -54,9 +55,10 @@ VERSION_FILES = (
     EXPORT_INFO_FILE,
     NBR_FILE,
     NBR_META,
+    ITEM_ITEM_DIR,
 )
-# Versions exported before these existed open without them (inference/neighbourhoods.py).
-OPTIONAL_FILES = (NBR_FILE, NBR_META)
+# Versions exported before these existed open without them (inference/neighbourhoods.py, item_item.py).
+OPTIONAL_FILES = (NBR_FILE, NBR_META, ITEM_ITEM_DIR)
 ENCODE_CHUNK = 64  # prompts per encoder call when the caller does not say (length-sorted, see encode)
 
 
@@ -86,6 +88,7 @@ class InferenceVersion:
     # every train user's neighbourhood and hop distances, memory-mapped (None: an older version)
     neighbourhoods: StoredNeighbourhoods | None = None
     text: TextVectoriser | None = None  # new items' text → item vectors (None: the version has no text model)
+    item_item: ItemItem | None = None  # the ranker's item-item term (None: a version without one)
 
     @property
     def graph(self) -> BipartiteGraph:
@@ -117,6 +120,10 @@ class InferenceVersion:
             found = candidate_boosts(batch[0], cand, offset, [histories[i] for i in rows])
             for i, b in zip(rows, found or (), strict=False):
                 boosts[i] = b
+        if self.item_item is not None and self.item_item.weight > 0 and len(prompts):
+            terms = self.item_item.boosts(vectors, histories)
+            for i, t in enumerate(terms):
+                boosts[i] = merge_boosts(boosts[i], t)
         return vectors, boosts
 
     def search(
@@ -207,6 +214,7 @@ def open_version(
         popularity=np.asarray(np.load(folder / "popularity.npy", allow_pickle=False), dtype=np.float32),
         neighbourhoods=open_neighbourhoods(folder, builder),
         text=TextVectoriser.load(folder, builder.tok),
+        item_item=ItemItem.load(folder),
     )
     _check_consistent(version)
     return version
@@ -230,3 +238,9 @@ def _check_consistent(v: InferenceVersion) -> None:
         )
     if v.encoder.dim != v.ranker.dim:
         raise ValueError(f"encoder dim {v.encoder.dim} != item embedding dim {v.ranker.dim}")
+    ii = v.item_item
+    if ii is not None and (ii.n_items != graph.n_items or ii.item_cov.shape != (v.ranker.dim, v.ranker.dim)):
+        raise ValueError(
+            f"version {v.path.name} is inconsistent: its item-item term covers {ii.n_items} items and "
+            f"{ii.item_cov.shape[0]} dimensions, the graph {graph.n_items} items, the encoder {v.ranker.dim}"
+        )

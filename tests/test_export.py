@@ -55,9 +55,16 @@ def trained(tmp_path_factory):
         prompt={"max_history": 30, "n_co_users": 5, "n_two_hop_items": 5, "candidate_strength": 1.0},
         candidate_prior=True,
         prior_grid=(1.0,),  # one weight, so the exported encoder surely carries a non-zero prior
+        item_item_grid=(0.5,),  # and the ranker surely adds a non-zero item-item term
     )
     metrics = train(cfg, quiet=True)
     assert metrics["prior"]["beta"] == 1.0 and set(metrics["prior"]["test_without"]) >= {"recall@20"}
+    assert metrics["item_item"]["weight"] == 0.5 and metrics["item_item"]["lam"] in cfg.item_item_lams
+    # the blend grid's fast path (stored vectors + boosts) scores validation as training's scoring does
+    (point,) = metrics["blend_grid"]
+    assert (point["beta"], point["weight"]) == (1.0, 0.5)
+    for k in ("recall@20", "recall@40", "ndcg@100"):
+        assert abs(point[k] - metrics["valid"][k]) <= 1e-3, (k, point[k], metrics["valid"][k])
     assert metrics is not None
     version = export_run(root / "run", root / "version", int8=True)
     return ds, root / "run", version, metrics
@@ -93,8 +100,9 @@ def test_version_layout(trained) -> None:
     from inference.version import VERSION_FILES
 
     for name in (*VERSION_FILES, "encoder.int8.onnx"):
-        if name == "graph":
-            continue  # a folder, checked below
+        if name in ("graph", "item_item"):
+            assert (version / name).is_dir(), name  # folders; the graph is checked below
+            continue
         assert (version / name).is_file(), name
     cfg = json.loads((version / "model_config.json").read_text())
     emb = np.load(version / "item_embeddings.npy")
@@ -220,6 +228,7 @@ def test_offline_eval_of_version_reproduces_training_metrics(trained) -> None:
     # the other masking protocol, against the torch model scored by training's own scoring function
     import torch
 
+    from inference.item_item import ItemItem
     from training.evaluation.harness import evaluate
     from training.recipe.finetune import PredictiveData, score_users
     from training.recipe.train import load_run
@@ -227,8 +236,13 @@ def test_offline_eval_of_version_reproduces_training_metrics(trained) -> None:
     model, builder = load_run(run)
     seed = json.loads((run / "train_config.json").read_text())["seed"]
     pdata = PredictiveData(builder, builder.graph, seed, target_variants=1)
+    term = ItemItem.load(run)
+    assert term is not None and term.weight == 0.5
     ref = evaluate(
-        lambda us: score_users(model, pdata, us, torch.device("cpu")), ds, "test", mask_valid_on_test=True
+        lambda us: score_users(model, pdata, us, torch.device("cpu"), item_item=term),
+        ds,
+        "test",
+        mask_valid_on_test=True,
     )
     got = evaluate_version(version, ds, "test", mask_valid_on_test=True)
     for k in ("recall@20", "recall@40", "ndcg@100"):

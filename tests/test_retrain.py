@@ -22,6 +22,7 @@ from service_support import delete_prefix, redis_url_or_skip, tiny_store, unique
 from shared_data import office_users
 
 from edgerec.retrain import FAIL_ENV, InjectedFailure, load_checkpoint, retrain
+from inference.item_item import ItemItem
 from model_store import ModelStore
 from service.cache import Cache
 from service.metrics import RETRAIN_STATUS_FILE
@@ -126,10 +127,19 @@ def test_retrain_reads_exactly_once_across_two_retrains(env):
     assert {"new-item-0", "new-item-1", "new-item-2"} <= set(version_items)
     snap1 = PreparedDataset.load(extra["dataset_dir"])
     assert snap1.train.nnz + snap1.test.nnz > 0 and extra["snapshot"]["holdout"] == snap1.test.nnz
-    # the warm start keeps the served version's prior weight (a one-weight grid), it does not re-pick it
-    prior = json.loads((store.path(first.version) / "metrics.json").read_text())["prior"]
-    served_prior = json.loads((store.path(served) / "metrics.json").read_text())["prior"]
-    assert prior["beta"] == served_prior["beta"] and list(prior["grid"]) == [str(float(served_prior["beta"]))]
+    # the warm start keeps the served version's prior weight and item-item term (λ, cut, weight: a
+    # one-point grid), it does not re-pick them; the term's rows are refitted on the snapshot
+    new_m = json.loads((store.path(first.version) / "metrics.json").read_text())
+    served_m = json.loads((store.path(served) / "metrics.json").read_text())
+    assert new_m["prior"]["beta"] == served_m["prior"]["beta"]
+    assert [(p["beta"], p["weight"]) for p in new_m["blend_grid"]] == [
+        (served_m["prior"]["beta"], served_m["item_item"]["weight"])
+    ]
+    for key in ("lam", "keep", "top_n"):
+        assert new_m["item_item"][key] == served_m["item_item"][key]
+    assert len(json.loads((store.path(first.version) / "item_item" / "params.json").read_text())) > 0
+    term = ItemItem.load(store.path(first.version))
+    assert term is not None and term.n_items == len(version_items)
 
     ids_b = write(env["url"], env["prefix"], b)
     second = run(env, tolerance=1.0)
@@ -213,8 +223,10 @@ def test_retrain_gate_refuses_a_worse_candidate(env):
     store = ModelStore(env["root"])
     served = store.current()
     write(env["url"], env["prefix"], new_traffic(env["tiny"], 30))
-    # a candidate wrecked on purpose: weight decay that zeroes its weights in one step, no prior to hide it
-    res = run(env, train_overrides={"lr": 0.01, "weight_decay": 100.0, "prior_grid": [0.0]})
+    # a candidate wrecked on purpose: weight decay that zeroes its weights in one step, no prior and no
+    # item-item term to hide it
+    wreck = {"lr": 0.01, "weight_decay": 100.0, "prior_grid": [0.0], "item_item": False}
+    res = run(env, train_overrides=wreck)
     gate = res.gate
     assert gate["holdout"] > 0 and gate["served"]["recall@20"] > 0
     assert not gate["passed"] and res.status == "published" and "NOT promoted" in res.message

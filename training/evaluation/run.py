@@ -19,6 +19,7 @@ from training.data.dataset import PreparedDataset
 def evaluate_run(run_dir: Path, dataset: PreparedDataset) -> dict[str, Any]:
     import torch
 
+    from inference.item_item import ItemItem
     from training.evaluation.harness import evaluate
     from training.recipe.finetune import PredictiveData, score_users
     from training.recipe.train import load_run
@@ -43,8 +44,10 @@ def evaluate_run(run_dir: Path, dataset: PreparedDataset) -> dict[str, Any]:
     t0 = time.perf_counter()
     cpu = torch.device("cpu")
 
+    item_item = ItemItem.load(run_dir)
+
     def score(users):
-        return score_users(model, data, users, cpu, batch)
+        return score_users(model, data, users, cpu, batch, item_item=item_item)
 
     with torch.no_grad():
         valid = evaluate(score, dataset, "valid")

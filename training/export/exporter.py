@@ -65,6 +65,7 @@ from inference.encoders import (
     Encoder,
     OnnxEncoder,
 )
+from inference.item_item import ITEM_ITEM_DIR
 from inference.version import EXPORT_INFO_FILE, open_version
 from training.export.neighbourhoods import write_neighbourhoods
 
@@ -353,6 +354,8 @@ def export_run(
         info["text_model"] = _write_text_model(tmp, served, builder, items, emb, data, train_cfg)
         shutil.copyfile(run / "tokenizer.json", tmp / "tokenizer.json")
         shutil.copyfile(run / "prompt_config.json", tmp / "prompt_config.json")
+        if (run / ITEM_ITEM_DIR).is_dir():  # the ranker's item-item term, fitted with the prior
+            shutil.copytree(run / ITEM_ITEM_DIR, tmp / ITEM_ITEM_DIR)
         _write_json(tmp / "metrics.json", run_metrics)
         info["neighbourhoods"] = write_neighbourhoods(builder, tmp)  # the service's cache misses, precomputed
 

@@ -118,9 +118,17 @@ def to_tensors(batch: tuple[np.ndarray, ...], device: torch.device) -> tuple[tor
 
 
 @torch.no_grad()
-def score_users(model, data: PredictiveData, users: np.ndarray, device: torch.device, batch: int = 256):
+def score_users(
+    model,
+    data: PredictiveData,
+    users: np.ndarray,
+    device: torch.device,
+    batch: int = 256,
+    item_item=None,
+):
     """[len(users), I] float32 scores from the predictive prompts (length-sorted sub-batches, original
-    order)."""
+    order), plus the ranker's item-item term over each user's train items when ``item_item`` is given
+    (``inference.item_item.ItemItem``, the same boosts the served version adds)."""
     model.eval()
     prompts = data.eval_prompts(users)
     order = np.argsort([len(p) for p in prompts], kind="stable")
@@ -130,4 +138,8 @@ def score_users(model, data: PredictiveData, users: np.ndarray, device: torch.de
         ids, mask, bias = to_tensors(PromptBuilder.collate([prompts[i] for i in idx]), device)
         vec, candidates = model.encode(ids, mask, bias)
         out[idx] = model.item_scores(vec, candidates, ids).float().cpu().numpy()
+        if item_item is not None and item_item.weight > 0:
+            hist = [data.g.user_items(int(users[i])) for i in idx]
+            for r, (items, boost) in zip(idx, item_item.boosts(vec.float().cpu().numpy(), hist), strict=True):
+                out[r, items] += boost
     return out

@@ -31,12 +31,14 @@ from graphprompt.bias import BiasConfig
 from graphprompt.graph import BipartiteGraph
 from graphprompt.prompts import PromptBuilder, PromptConfig
 from graphprompt.tokenizer import RecTokenizer, item_corpus
+from inference.item_item import ITEM_ITEM_DIR
 from inference.torch_model import GraphGPT, ModelConfig
 from inference.version import load_builder
 from training.data.dataset import PreparedDataset
 from training.data.sources import edgerec_home, load_dataset
 from training.evaluation.harness import evaluate
 from training.recipe import loop
+from training.recipe.blend import fit_blend, fit_item_item
 from training.recipe.finetune import PredictiveData, score_users, targets_matrix, to_tensors
 from training.recipe.pretrain import PretrainData
 
@@ -61,6 +63,16 @@ class TrainConfig:
     # the candidate prior (GraphGPT.set_prior): its weight is picked on validation after fine-tuning
     candidate_prior: bool = True
     prior_grid: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0])
+    # the ranker's item-item term (inference/item_item.py): EASE on the train matrix, λ from item_item_lams
+    # by EASE's validation score, each item's item_item_keep strongest weights, the user's item_item_top_n
+    # largest entries boosted; its weight is chosen with the prior's on validation (0 = off). Skipped above
+    # item_item_max_items items (EASE holds two dense I x I float32 matrices).
+    item_item: bool = True
+    item_item_lams: list[float] = field(default_factory=lambda: [50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0])
+    item_item_grid: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
+    item_item_keep: int = 100
+    item_item_top_n: int = 200
+    item_item_max_items: int = 40000
     # prompts and graph bias; given as dicts of fields (JSON, --set), a missing field takes its class default
     prompt: PromptConfig = field(default_factory=PromptConfig)  # its .bias is always the bias section
     bias: BiasConfig = field(default_factory=BiasConfig)
@@ -94,6 +106,17 @@ class TrainConfig:
         self.prior_grid = [float(b) for b in self.prior_grid]  # JSON-equal, so a resume compares equal
         if not self.prior_grid or min(self.prior_grid) < 0:
             raise ValueError(f"prior_grid must hold one or more weights >= 0, got {self.prior_grid}")
+        self.item_item_grid = [float(w) for w in self.item_item_grid]
+        self.item_item_lams = [float(x) for x in self.item_item_lams]
+        if not self.item_item_grid or min(self.item_item_grid) < 0:
+            raise ValueError(f"item_item_grid must hold one or more weights >= 0, got {self.item_item_grid}")
+        if not self.item_item_lams or min(self.item_item_lams) <= 0:
+            raise ValueError(f"item_item_lams must hold one or more values > 0, got {self.item_item_lams}")
+        if self.item_item_keep < 1 or self.item_item_top_n < 1:
+            raise ValueError(
+                f"item_item_keep and item_item_top_n must be >= 1, got {self.item_item_keep}, "
+                f"{self.item_item_top_n}"
+            )
         if not isinstance(self.bias, BiasConfig):
             self.bias = _section(BiasConfig, "bias", self.bias)
         if not isinstance(self.prompt, PromptConfig):
@@ -520,23 +543,49 @@ def test(run: Run) -> dict:
     fdata = run.predictive or PredictiveData(run.builder, run.graph, cfg.seed, cfg.target_frac, 1)
     state = json.loads((run.dir / "finetune" / "ckpt" / "state.json").read_text())
 
-    def score(split: str, users: np.ndarray | None = None) -> dict:
-        return evaluate(
-            lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch), run.data, split, users=users
+    item_item = None
+    if cfg.item_item and run.data.n_items <= cfg.item_item_max_items:
+        table = m.item_emb.weight.detach().float().cpu().numpy()
+        item_item = fit_item_item(
+            run.data, table, cfg.item_item_lams, cfg.item_item_keep, cfg.item_item_top_n, _valid_users(run)
         )
 
-    prior = None
-    if m.cfg.candidate_prior:
-        # the prior's weight: the best selection score over the grid on the validation users fine-tuning
-        # selected on (the test split is never looked at); the weight-0 row is the model alone
-        grid = {}
-        for beta in cfg.prior_grid:
+    def score(split: str, users: np.ndarray | None = None, term: bool = True) -> dict:
+        return evaluate(
+            lambda us: score_users(
+                m, fdata, us, d.device, cfg.eval_batch, item_item=item_item if term else None
+            ),
+            run.data,
+            split,
+            users=users,
+        )
+
+    prior = term = blend_grid = None
+    shutil.rmtree(run.dir / ITEM_ITEM_DIR, ignore_errors=True)  # a re-test's earlier term, if any
+    if m.cfg.candidate_prior or item_item is not None:
+        # the prior's and the item-item term's weights, together: the best selection score over the grid on
+        # the validation users fine-tuning selected on (the test split is never looked at)
+        blend = fit_blend(
+            m,
+            fdata,
+            run.data,
+            item_item,
+            cfg.prior_grid,
+            cfg.item_item_grid,
+            d.device,
+            cfg.eval_batch,
+            _valid_users(run),
+        )
+        if m.cfg.candidate_prior:
+            beta = blend["beta"]
+            m.set_prior(0.0)  # the transformer alone (and no term), for the record
+            prior = {"beta": beta, "test_without": score("test", term=False)}
             m.set_prior(beta)
-            grid[beta] = score("valid", _valid_users(run))
-        beta = max(grid, key=lambda b: selection_score(grid[b]))
-        m.set_prior(0.0)
-        prior = {"beta": beta, "grid": {str(b): v for b, v in grid.items()}, "test_without": score("test")}
-        m.set_prior(beta)
+        if item_item is not None:
+            term = {**item_item.params, "weight": item_item.weight, "top_n": item_item.top_n}
+            term["test_without"] = score("test", term=False)  # the prior as chosen, no term
+            item_item.save(run.dir)
+        blend_grid = blend["grid"]
     full_valid = score("valid")
     test_m = score("test")
     epochs = [r for r in run.log.records() if r.get("event") == "epoch"]
@@ -545,10 +594,13 @@ def test(run: Run) -> dict:
         "train_seconds": round(sum(r["seconds"] + r.get("eval_seconds", 0.0) for r in epochs), 1),
         "finetune_tokens_per_s": round(float(np.mean([r["tokens_per_s"] for r in ft])), 1) if ft else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "item_item_seconds": item_item.fit_seconds if item_item is not None else None,
         "valid": full_valid,
         "test": test_m,
         "best_epoch": state["best_epoch"],
         "prior": prior,
+        "item_item": term,
+        "blend_grid": blend_grid,
         "dataset": run.data.name,
         "fingerprint": run.data.fingerprint,
         "seed": cfg.seed,

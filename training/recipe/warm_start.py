@@ -26,6 +26,7 @@ import torch
 
 from graphprompt.prompts import PromptConfig
 from inference.encoders import MODEL_CONFIG_FILE, TORCH_WEIGHTS_FILE
+from inference.item_item import ItemItem
 from inference.version import EXPORT_INFO_FILE
 
 # Fields of TrainConfig a warm start sets itself (the rest come from the served version's run).
@@ -63,18 +64,32 @@ def base_train_config(version_dir: str | Path, recorded: dict[str, Any] | None =
     }
 
 
-def served_prior_weight(version_dir: str | Path) -> float | None:
-    """The candidate prior's weight the served version was chosen with (its ``metrics.json``), if known.
+def served_blend(version_dir: str | Path) -> dict[str, Any]:
+    """TrainConfig overrides that keep the served version's ranker choices: the candidate prior's weight
+    (its ``metrics.json``) and the item-item term's λ, row cut and weight (its ``item_item/``), or no term
+    where the version has none.
 
-    A warm start keeps it instead of re-picking: the pick is made on the validation split, and a retrain's
-    recent validation holds one interaction for each of a few hundred users, where the grid's choice is
-    noise (in a movielens-100k replay, day 0 picked 4.0 on 934 users, the next three retrains 1.5, 4.0,
-    1.0)."""
-    path = Path(version_dir) / "metrics.json"
-    if not path.is_file():
-        return None
-    prior = json.loads(path.read_text()).get("prior") or {}
-    return float(prior["beta"]) if prior.get("beta") is not None else None
+    A warm start keeps them instead of re-picking: the picks are made on the validation split, and a
+    retrain's recent validation holds one interaction for each of a few hundred users, where the grid's
+    choice is noise (in a movielens-100k replay, day 0 picked a prior weight of 4.0 on 934 users, the next
+    three retrains 1.5, 4.0, 1.0). The term's rows are refitted on the snapshot (new items get theirs)."""
+    folder = Path(version_dir)
+    out: dict[str, Any] = {}
+    path = folder / "metrics.json"
+    prior = (json.loads(path.read_text()).get("prior") or {}) if path.is_file() else {}
+    if prior.get("beta") is not None:
+        out["prior_grid"] = [float(prior["beta"])]
+    term = ItemItem.load(folder)
+    if term is None:
+        out["item_item"] = False
+    else:
+        out |= {
+            "item_item_grid": [term.weight],
+            "item_item_lams": [float(term.params["lam"])],
+            "item_item_keep": int(term.params["keep"]),
+            "item_item_top_n": term.top_n,
+        }
+    return out
 
 
 def _row_means(adj: sp.csr_matrix, table: np.ndarray, rows: np.ndarray, fallback: np.ndarray) -> np.ndarray:
