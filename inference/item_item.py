@@ -65,6 +65,24 @@ def strongest_rows(weights: np.ndarray, keep: int) -> sp.csr_matrix:
     return m
 
 
+def cut_rows(rows: sp.csr_matrix, keep: int) -> sp.csr_matrix:
+    """Each row's ``keep`` largest entries of a CSR matrix (the strongest of the strongest: cutting
+    :func:`strongest_rows` at a larger ``keep`` gives the same rows as cutting the dense matrix)."""
+    m = rows.tocsr()
+    counts = np.diff(m.indptr)
+    take = np.zeros(m.nnz, dtype=bool)
+    for r in np.flatnonzero(counts > 0):
+        lo, hi = m.indptr[r], m.indptr[r + 1]
+        if hi - lo <= keep:
+            take[lo:hi] = True
+        else:
+            take[lo + np.argpartition(-m.data[lo:hi], keep - 1)[:keep]] = True
+    row_ids = np.repeat(np.arange(m.shape[0]), counts)
+    out = sp.csr_matrix((m.data[take], (row_ids[take], m.indices[take])), shape=m.shape, dtype=np.float32)
+    out.sort_indices()
+    return out
+
+
 @dataclass
 class ItemItem:
     rows: sp.csr_matrix  # [I, I] float32, non-negative: item j's row holds the items it points to
@@ -85,6 +103,16 @@ class ItemItem:
     @property
     def n_items(self) -> int:
         return self.rows.shape[0]
+
+    def cut(self, keep: int) -> ItemItem:
+        """This term with each row cut to its ``keep`` largest weights."""
+        return ItemItem(
+            cut_rows(self.rows, keep),
+            self.weight,
+            self.top_n,
+            self.item_cov,
+            {**self.params, "keep": int(keep)},
+        )
 
     def history_matrix(self, histories: Sequence[np.ndarray]) -> sp.csr_matrix:
         """[B, I] 0/1 rows of each history's known items (items added after the version are left out)."""

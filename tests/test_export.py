@@ -56,6 +56,7 @@ def trained(tmp_path_factory):
         candidate_prior=True,
         prior_grid=(1.0,),  # one weight, so the exported encoder surely carries a non-zero prior
         item_item_grid=(0.5,),  # and the ranker surely adds a non-zero item-item term
+        item_item_keeps=(100,),
     )
     metrics = train(cfg, quiet=True)
     assert metrics["prior"]["beta"] == 1.0 and set(metrics["prior"]["test_without"]) >= {"recall@20"}

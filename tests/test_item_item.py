@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from inference.item_item import ItemItem, item_covariance, score_spread, strongest_rows
+from inference.item_item import ItemItem, cut_rows, item_covariance, score_spread, strongest_rows
 
 
 def _term(n_items: int = 40, dim: int = 8, keep: int = 6, top_n: int = 10, seed: int = 0):
@@ -28,6 +28,17 @@ def test_strongest_rows_keeps_each_rows_largest_positive_weights() -> None:
         assert set(np.flatnonzero(rows[i])) == want
         np.testing.assert_array_equal(rows[i, list(want)], dense[i, list(want)])
     assert term.rows.data.min() > 0
+
+
+def test_cutting_the_strongest_rows_is_cutting_the_dense_matrix() -> None:
+    """The blend grid's smaller cuts (ItemItem.cut) are what strongest_rows gives at that cut."""
+    term, dense, _, _ = _term(keep=12)
+    for keep in (1, 5, 12, 30):
+        cut = term.cut(keep)
+        np.testing.assert_array_equal(cut.rows.toarray(), strongest_rows(dense, min(keep, 12)).toarray())
+        assert cut.params["keep"] == keep and cut.weight == term.weight and cut.top_n == term.top_n
+    empty = sp.csr_matrix((4, 4), dtype=np.float32)
+    assert cut_rows(empty, 3).nnz == 0
 
 
 def test_boosts_follow_the_definition() -> None:

@@ -133,16 +133,20 @@ def test_batch(http, store):
 
 def test_answer_is_the_models_own_top_k_candidate_prior_included(http, store):
     """A known user's answer is what the version's torch model scores over every item itself (inner product
-    plus the candidate prior of the prompt's two-hop items, train items masked): index + boosts lose none."""
+    plus the candidate prior of the prompt's two-hop items, plus the item-item term, train items masked):
+    index + boosts lose none."""
     import numpy as np
     import torch
 
+    from inference.item_item import ItemItem
     from inference.torch_encoder import TorchEncoder
     from service.serving import load_serving_model
 
     settings = make_settings(store, store.root.parent / "own-top-k")
     model = load_serving_model(settings, store.versions[0])
-    enc = TorchEncoder(ModelStore(store.root).open_version(store.versions[0]).path)
+    folder = ModelStore(store.root).open_version(store.versions[0]).path
+    enc = TorchEncoder(folder)
+    term = ItemItem.load(folder)
     assert enc.has_candidates and model.encoder.has_candidates
     boosted = 0
     for user in store.user_ids[20:26]:  # users no other test gives live history
@@ -155,6 +159,9 @@ def test_answer_is_the_models_own_top_k_candidate_prior_included(http, store):
             vec, cand = enc.model.encode(*t)
             scores = enc.model.item_scores(vec, cand, t[0])[0].numpy()
         boosted += int((cand > 0).sum())
+        if term is not None:
+            ((items, vals),) = term.boosts(vec.numpy(), [hist])
+            scores[items] += vals
         scores[hist] = -np.inf
         want = [model.item_ids[i] for i in np.argsort(-scores, kind="stable")[:10]]
         got = http.post(f"/recommend/{user}", json={"k": 10}).json()

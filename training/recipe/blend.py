@@ -7,11 +7,13 @@ Two parts add non-negative boosts to the inner-product scores (``inference.ranke
   chosen on validation the way the EASE baseline chooses it, each row cut to its strongest weights, and a
   blend weight ``w``.
 
-``β`` and ``w`` are chosen together over ``prior_grid × item_item_grid`` by the checkpoint criterion
-(R@20 + R@40 + N@100 on the validation users fine-tuning selected on): both read co-occurrence, so the best
-``β`` with the term is not the best without it. One encoder pass scores the users (at ``β`` = 1); every grid
-point is then ``h·E + β·prior + w·term`` on those stored parts. The grid holds 0 on both axes, so a part that
-does not pay on validation is switched off; the test split is never looked at.
+The row cut, ``β`` and ``w`` are chosen together over ``item_item_keeps × prior_grid × item_item_grid`` by
+the checkpoint criterion (R@20 + R@40 + N@100 on the validation users fine-tuning selected on): both parts
+read co-occurrence, so the best ``β`` with the term is not the best without it, and the best cut differs by
+dataset (office's validation preferred 20-30 neighbours per item, beauty's 100). One encoder pass scores the
+users (at ``β`` = 1); every grid point is then ``h·E + β·prior + w·term`` on those stored parts. The grid
+holds 0 on both weight axes, so a part that does not pay on validation is switched off; the test split is
+never looked at.
 """
 
 from __future__ import annotations
@@ -34,17 +36,24 @@ from training.recipe.finetune import to_tensors
 
 
 def fit_item_item(
-    data, item_table: np.ndarray, lams: list[float], keep: int, top_n: int, users: np.ndarray | None = None
+    data,
+    item_table: np.ndarray,
+    lams: list[float],
+    keep: int,
+    top_n: int,
+    users: np.ndarray | None = None,
 ) -> ItemItem:
     """The item-item term of ``data``'s train matrix (weight 0 until :func:`fit_blend` sets it): EASE's ``λ``
-    from ``lams`` by EASE's own validation score, each row's ``keep`` strongest weights kept."""
+    from ``lams`` by EASE's own validation score (one value: no scoring), each row's ``keep`` strongest
+    weights kept (:meth:`ItemItem.cut` gives the smaller cuts the blend grid tries)."""
     t0 = time.perf_counter()
     scores: dict[float, float] = {}
     best: tuple[float, sp.csr_matrix] | None = None
     for lam in lams:
         ease = EASE(lam=lam).fit(data.train)
-        scores[lam] = selection_score(evaluate(ease.score, data, "valid", users=users))
-        if best is None or scores[lam] > scores[best[0]]:
+        if len(lams) > 1:
+            scores[lam] = selection_score(evaluate(ease.score, data, "valid", users=users))
+        if best is None or scores.get(lam, 0.0) > scores.get(best[0], 0.0):
             best = (lam, strongest_rows(ease.weights, keep))
         del ease  # one dense I x I matrix at a time
     assert best is not None
@@ -53,23 +62,22 @@ def fit_item_item(
         "keep": int(keep),
         "ease_valid": {str(k): round(v, 6) for k, v in scores.items()},
     }
-    seconds = round(time.perf_counter() - t0, 1)
     term = ItemItem(best[1], 0.0, int(top_n), item_covariance(item_table), params)
-    term.fit_seconds = seconds  # wall time, kept out of params (a resumed run must record the same params)
+    # wall time, kept out of params (a resumed run must record the same params)
+    term.fit_seconds = round(time.perf_counter() - t0, 1)
     return term
 
 
 @dataclass
 class _Parts:
-    """Per validation user: the user vector, the prior's boosts at β = 1 and the term's at w = 1."""
+    """Per validation user: the user vector and the prior's boosts at β = 1."""
 
     row_of: dict[int, int]
     vectors: np.ndarray
     prior: list[Boost | None]
-    term: list[Boost | None]
 
 
-def _score_parts(model, fdata, users: np.ndarray, item_item: ItemItem | None, device, batch: int) -> _Parts:
+def _score_parts(model, fdata, users: np.ndarray, device, batch: int) -> _Parts:
     model.eval()
     if model.cfg.candidate_prior:
         model.set_prior(1.0)
@@ -87,11 +95,7 @@ def _score_parts(model, fdata, users: np.ndarray, item_item: ItemItem | None, de
                 found = candidate_boosts(ids.cpu().numpy(), cand.float().cpu().numpy(), offset)
                 for r, b in zip(rows, found or (), strict=True):
                     prior[r] = b
-    term: list[Boost | None] = [None] * len(users)
-    if item_item is not None:
-        hist = [fdata.g.user_items(int(u)) for u in users]
-        term = list(item_item.boosts(vectors, hist, weight=1.0))
-    return _Parts({int(u): r for r, u in enumerate(users)}, vectors, prior, term)
+    return _Parts({int(u): r for r, u in enumerate(users)}, vectors, prior)
 
 
 def add_boosts(scores: np.ndarray, rows: list[Boost | None], weight: float) -> None:
@@ -113,37 +117,51 @@ def fit_blend(
     device: torch.device,
     batch: int,
     users: np.ndarray | None = None,
-) -> dict:
-    """Choose (β, w) on validation, set them on ``model`` and ``item_item``; returns the record for
-    ``metrics.json`` (the choice and every grid point's validation metrics)."""
+    keeps: list[int] | None = None,
+) -> tuple[dict, ItemItem | None]:
+    """Choose (row cut, β, w) on validation; sets β on ``model``; returns the record for ``metrics.json``
+    (the choice and every grid point's validation metrics) and the chosen term (``item_item`` cut to the
+    chosen ``keep`` from ``keeps``, with its weight set)."""
     if users is None:
         users = np.flatnonzero(np.diff(data.valid.tocsr().indptr) > 0)
     betas = prior_grid if model.cfg.candidate_prior else [0.0]
-    weights = item_item_grid if item_item is not None else [0.0]
-    parts = _score_parts(model, fdata, users, item_item, device, batch)
+    terms = {}
+    if item_item is not None:
+        for keep in sorted(set(keeps or [int(item_item.params["keep"])])):
+            terms[keep] = item_item if keep == item_item.params["keep"] else item_item.cut(keep)
+    parts = _score_parts(model, fdata, users, device, batch)
+    term_parts = {}
+    if terms:
+        hist = [fdata.g.user_items(int(u)) for u in users]
+        term_parts = {k: t.boosts(parts.vectors, hist, weight=1.0) for k, t in terms.items()}
     table = model.item_emb.weight.detach().float().cpu().numpy()
 
-    def scorer(beta: float, w: float) -> Callable[[np.ndarray], np.ndarray]:
+    def scorer(beta: float, keep: int | None, w: float) -> Callable[[np.ndarray], np.ndarray]:
         def score(us: np.ndarray) -> np.ndarray:
             rows = [parts.row_of[int(u)] for u in us]
             out = parts.vectors[rows] @ table.T
             add_boosts(out, [parts.prior[r] for r in rows], beta)
-            add_boosts(out, [parts.term[r] for r in rows], w)
+            if keep is not None:
+                add_boosts(out, [term_parts[keep][r] for r in rows], w)
             return out
 
         return score
 
-    grid = {}
-    for beta in betas:
-        for w in weights:
-            grid[beta, w] = evaluate(scorer(beta, w), data, "valid", users=users)
-    beta, w = max(grid, key=lambda k: selection_score(grid[k]))
+    # w = 0 is the same point for every cut: scored once per β (and always where there is no term)
+    points = [(b, None, 0.0) for b in betas] if not terms or 0.0 in item_item_grid else []
+    points += [(b, k, w) for b in betas for k in terms for w in item_item_grid if w > 0]
+    grid = {p: evaluate(scorer(*p), data, "valid", users=users) for p in points}
+    beta, keep, w = max(grid, key=lambda p: selection_score(grid[p]))
     if model.cfg.candidate_prior:
         model.set_prior(beta)
-    if item_item is not None:
-        item_item.weight = float(w)
-    return {
+    chosen = None
+    if terms:
+        chosen = terms[keep if keep is not None else max(terms)]
+        chosen.weight = float(w)
+    record = {
         "beta": beta,
         "weight": w,
-        "grid": [{"beta": b, "weight": x, **m} for (b, x), m in grid.items()],
+        "keep": keep,
+        "grid": [{"beta": b, "keep": k, "weight": x, **m} for (b, k, x), m in grid.items()],
     }
+    return record, chosen

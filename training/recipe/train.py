@@ -64,13 +64,14 @@ class TrainConfig:
     candidate_prior: bool = True
     prior_grid: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0])
     # the ranker's item-item term (inference/item_item.py): EASE on the train matrix, λ from item_item_lams
-    # by EASE's validation score, each item's item_item_keep strongest weights, the user's item_item_top_n
-    # largest entries boosted; its weight is chosen with the prior's on validation (0 = off). Skipped above
-    # item_item_max_items items (EASE holds two dense I x I float32 matrices).
+    # by EASE's validation score, the user's item_item_top_n largest entries boosted; how many weights each
+    # item keeps (item_item_keeps) and the term's weight (item_item_grid, 0 = off) are chosen with the
+    # prior's weight on validation (training/recipe/blend.py). Skipped above item_item_max_items items
+    # (EASE holds two dense I x I float32 matrices).
     item_item: bool = True
-    item_item_lams: list[float] = field(default_factory=lambda: [50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0])
-    item_item_grid: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
-    item_item_keep: int = 100
+    item_item_lams: list[float] = field(default_factory=lambda: [100.0, 200.0, 500.0, 1000.0])
+    item_item_keeps: list[int] = field(default_factory=lambda: [20, 100, 300])
+    item_item_grid: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.35, 0.5, 1.0])
     item_item_top_n: int = 200
     item_item_max_items: int = 40000
     # prompts and graph bias; given as dicts of fields (JSON, --set), a missing field takes its class default
@@ -112,10 +113,11 @@ class TrainConfig:
             raise ValueError(f"item_item_grid must hold one or more weights >= 0, got {self.item_item_grid}")
         if not self.item_item_lams or min(self.item_item_lams) <= 0:
             raise ValueError(f"item_item_lams must hold one or more values > 0, got {self.item_item_lams}")
-        if self.item_item_keep < 1 or self.item_item_top_n < 1:
+        self.item_item_keeps = [int(k) for k in self.item_item_keeps]
+        if not self.item_item_keeps or min(self.item_item_keeps) < 1 or self.item_item_top_n < 1:
             raise ValueError(
-                f"item_item_keep and item_item_top_n must be >= 1, got {self.item_item_keep}, "
-                f"{self.item_item_top_n}"
+                f"item_item_keeps must hold one or more counts >= 1 and item_item_top_n be >= 1, got "
+                f"{self.item_item_keeps}, {self.item_item_top_n}"
             )
         if not isinstance(self.bias, BiasConfig):
             self.bias = _section(BiasConfig, "bias", self.bias)
@@ -547,7 +549,12 @@ def test(run: Run) -> dict:
     if cfg.item_item and run.data.n_items <= cfg.item_item_max_items:
         table = m.item_emb.weight.detach().float().cpu().numpy()
         item_item = fit_item_item(
-            run.data, table, cfg.item_item_lams, cfg.item_item_keep, cfg.item_item_top_n, _valid_users(run)
+            run.data,
+            table,
+            cfg.item_item_lams,
+            max(cfg.item_item_keeps),
+            cfg.item_item_top_n,
+            _valid_users(run),
         )
 
     def score(split: str, users: np.ndarray | None = None, term: bool = True) -> dict:
@@ -565,7 +572,7 @@ def test(run: Run) -> dict:
     if m.cfg.candidate_prior or item_item is not None:
         # the prior's and the item-item term's weights, together: the best selection score over the grid on
         # the validation users fine-tuning selected on (the test split is never looked at)
-        blend = fit_blend(
+        blend, item_item = fit_blend(
             m,
             fdata,
             run.data,
@@ -575,6 +582,7 @@ def test(run: Run) -> dict:
             d.device,
             cfg.eval_batch,
             _valid_users(run),
+            cfg.item_item_keeps,
         )
         if m.cfg.candidate_prior:
             beta = blend["beta"]

@@ -86,7 +86,7 @@ def served_blend(version_dir: str | Path) -> dict[str, Any]:
         out |= {
             "item_item_grid": [term.weight],
             "item_item_lams": [float(term.params["lam"])],
-            "item_item_keep": int(term.params["keep"]),
+            "item_item_keeps": [int(term.params["keep"])],
             "item_item_top_n": term.top_n,
         }
     return out
