@@ -128,6 +128,16 @@ def summarise(runs: list[dict]) -> dict:
         out["test_without_prior"] = {k: float(np.mean(v)) for k, v in vals.items()}
         out["test_without_prior_std"] = {k: float(np.std(v)) for k, v in vals.items()}
         out["prior_betas"] = [p["beta"] for p in priors]
+    terms = [r["item_item"] for r in runs if r.get("item_item")]
+    if terms and len(terms) == len(runs):  # the ranker's item-item term as each run chose it
+        out["item_item"] = [{k: t.get(k) for k in ("lam", "keep", "weight")} for t in terms]
+    # the ranker's parts, each off with the other re-chosen on validation (train.test's "ablations")
+    for name in ("no_item_item", "no_prior", "transformer_only"):
+        found = [r["ablations"][name] for r in runs if name in (r.get("ablations") or {})]
+        if found and len(found) == len(runs):
+            vals = {k: [a["test"][k] for a in found] for k in METRICS}
+            out["ablation_" + name] = {k: float(np.mean(v)) for k, v in vals.items()}
+            out["ablation_" + name + "_std"] = {k: float(np.std(v)) for k, v in vals.items()}
     return out
 
 
@@ -162,13 +172,19 @@ def write_markdown(result: dict, path: Path) -> None:
             f"{s['best_epoch']:.1f} | {s['train_seconds']:.0f} | {s['finetune_tokens_per_s'] or 0:.0f} | "
             f"{s['peak_rss_mb']:.0f} |"
         )
-        if "test_without_prior" in s:
-            t, sd = s["test_without_prior"], s["test_without_prior_std"]
-            cells = [f"{t[k]:.4f} ± {sd[k]:.4f}" for k in METRICS]
+        parts = [
+            ("ablation_no_item_item", "↳ same runs, no item-item term (prior re-chosen on validation)"),
+            ("ablation_no_prior", "↳ same runs, no candidate prior (term re-chosen on validation)"),
+            ("ablation_transformer_only", "↳ same runs, transformer alone (no prior, no term)"),
+        ]
+        if "ablation_transformer_only" not in s and "test_without_prior" in s:
             betas = ", ".join(f"{b:g}" for b in s["prior_betas"])
-            lines.append(
-                f"| ↳ same runs, prior off (fitted weights {betas}) | {' | '.join(cells)} | | | | | |"
-            )
+            parts = [("test_without_prior", f"↳ same runs, prior off (fitted weights {betas})")]
+        for key, label in parts:
+            if key in s:
+                t, sd = s[key], s[key + "_std"]
+                cells = [f"{t[k]:.4f} ± {sd[k]:.4f}" for k in METRICS]
+                lines.append(f"| {label} | {' | '.join(cells)} | | | | | |")
     for b in result["baselines"]:
         t = b["test"]
         lines.append(

@@ -73,6 +73,17 @@ def test_end_to_end_beats_popularity(office_slice: Path, tmp_path: Path) -> None
     pop = _popularity(office_slice)
     score = metrics["valid"]["recall@20"] + metrics["valid"]["ndcg@100"]
     assert score > pop["recall@20"] + pop["ndcg@100"], (metrics["valid"], pop)
+    # the ranker's parts on the same weights: the blend is the validation grid's best point, and each part's
+    # ablation switches it off and re-chooses the other on that grid
+    from training.recipe.blend import best_point
+
+    grid, ab = metrics["blend_grid"], metrics["ablations"]
+    best = best_point(grid)
+    assert (best["beta"], best["weight"]) == (metrics["prior"]["beta"], metrics["item_item"]["weight"])
+    assert set(ab) == {"transformer_only", "no_prior", "no_item_item"}
+    assert ab["no_item_item"]["beta"] == best_point(grid, weight=0.0)["beta"]
+    assert ab["no_prior"]["weight"] == best_point(grid, beta=0.0)["weight"]
+    assert ab["transformer_only"]["test"] == metrics["prior"]["test_without"]
     files = ["model.safetensors", "model_config.json", "prompt_config.json", "tokenizer.json", "metrics.json"]
     for f in [*files, "losses.png", "valid.png", "graph"]:
         assert (tmp_path / "run" / f).exists(), f

@@ -98,6 +98,13 @@ def _score_parts(model, fdata, users: np.ndarray, device, batch: int) -> _Parts:
     return _Parts({int(u): r for r, u in enumerate(users)}, vectors, prior)
 
 
+def best_point(grid: list[dict], **fixed: float) -> dict | None:
+    """The grid point of ``fit_blend``'s record with the best validation selection score among those
+    whose fields equal ``fixed`` (``weight=0.0``: the best blend without the term), or None if none does."""
+    points = [p for p in grid if all(p[k] == v for k, v in fixed.items())]
+    return max(points, key=selection_score) if points else None
+
+
 def add_boosts(scores: np.ndarray, rows: list[Boost | None], weight: float) -> None:
     """scores[r, items] += weight · boosts, in place (a no-op at weight 0)."""
     if weight == 0.0:

@@ -36,9 +36,10 @@ from inference.torch_model import GraphGPT, ModelConfig
 from inference.version import load_builder
 from training.data.dataset import PreparedDataset
 from training.data.sources import edgerec_home, load_dataset
+from training.evaluation.baselines.base import selection_score
 from training.evaluation.harness import evaluate
 from training.recipe import loop
-from training.recipe.blend import fit_blend, fit_item_item
+from training.recipe.blend import best_point, fit_blend, fit_item_item
 from training.recipe.finetune import PredictiveData, score_users, targets_matrix, to_tensors
 from training.recipe.pretrain import PretrainData
 
@@ -419,10 +420,6 @@ def _valid_users(run: Run) -> np.ndarray | None:
     return np.sort(rng.choice(has, size=min(run.cfg.max_eval_users, len(has)), replace=False))
 
 
-def selection_score(metrics: dict) -> float:
-    return metrics["recall@20"] + metrics["recall@40"] + metrics["ndcg@100"]
-
-
 def finetune(run: Run, quiet: bool = False) -> dict:
     """Multinomial fine-tuning with validation-based selection and early stopping; returns the best
     metrics."""
@@ -567,7 +564,9 @@ def test(run: Run) -> dict:
             users=users,
         )
 
+    uncut, fit_seconds = item_item, item_item.fit_seconds if item_item is not None else None
     prior = term = blend_grid = None
+    ablations: dict[str, dict] = {}
     shutil.rmtree(run.dir / ITEM_ITEM_DIR, ignore_errors=True)  # a re-test's earlier term, if any
     if m.cfg.candidate_prior or item_item is not None:
         # the prior's and the item-item term's weights, together: the best selection score over the grid on
@@ -584,16 +583,41 @@ def test(run: Run) -> dict:
             _valid_users(run),
             cfg.item_item_keeps,
         )
+        blend_grid = blend["grid"]
+        beta = blend["beta"] if m.cfg.candidate_prior else 0.0
+        # Ablations of the ranker's parts on the same weights: each part off, the other re-chosen on the
+        # same validation grid (what the recipe would have picked without it), then scored on test.
+        set_prior = m.set_prior if m.cfg.candidate_prior else (lambda _beta: None)
+        set_prior(0.0)
+        ablations["transformer_only"] = {"test": score("test", term=False)}
+        if uncut is not None and m.cfg.candidate_prior:
+            p = best_point(blend_grid, beta=0.0)
+            if p is not None:
+                # a copy (cut): the chosen term may be ``uncut`` itself
+                alone = uncut.cut(p["keep"] if p["keep"] is not None else uncut.params["keep"])
+                alone.weight = float(p["weight"])
+                ablations["no_prior"] = {
+                    "keep": p["keep"],
+                    "weight": p["weight"],
+                    "test": evaluate(
+                        lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch, item_item=alone),
+                        run.data,
+                        "test",
+                    ),
+                }
+        if uncut is not None:
+            p = best_point(blend_grid, weight=0.0)
+            if p is not None:
+                set_prior(p["beta"])
+                ablations["no_item_item"] = {"beta": p["beta"], "test": score("test", term=False)}
+        set_prior(beta)
         if m.cfg.candidate_prior:
-            beta = blend["beta"]
-            m.set_prior(0.0)  # the transformer alone (and no term), for the record
-            prior = {"beta": beta, "test_without": score("test", term=False)}
-            m.set_prior(beta)
+            prior = {"beta": beta, "test_without": ablations["transformer_only"]["test"]}
         if item_item is not None:
             term = {**item_item.params, "weight": item_item.weight, "top_n": item_item.top_n}
-            term["test_without"] = score("test", term=False)  # the prior as chosen, no term
+            if "no_item_item" in ablations:
+                term["test_without"] = ablations["no_item_item"]["test"]
             item_item.save(run.dir)
-        blend_grid = blend["grid"]
     full_valid = score("valid")
     test_m = score("test")
     epochs = [r for r in run.log.records() if r.get("event") == "epoch"]
@@ -602,13 +626,14 @@ def test(run: Run) -> dict:
         "train_seconds": round(sum(r["seconds"] + r.get("eval_seconds", 0.0) for r in epochs), 1),
         "finetune_tokens_per_s": round(float(np.mean([r["tokens_per_s"] for r in ft])), 1) if ft else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "item_item_seconds": item_item.fit_seconds if item_item is not None else None,
+        "item_item_seconds": fit_seconds,
         "valid": full_valid,
         "test": test_m,
         "best_epoch": state["best_epoch"],
         "prior": prior,
         "item_item": term,
         "blend_grid": blend_grid,
+        "ablations": ablations,
         "dataset": run.data.name,
         "fingerprint": run.data.fingerprint,
         "seed": cfg.seed,
