@@ -185,13 +185,24 @@ def write_markdown(result: dict, path: Path) -> None:
                 t, sd = s[key], s[key + "_std"]
                 cells = [f"{t[k]:.4f} ± {sd[k]:.4f}" for k in METRICS]
                 lines.append(f"| {label} | {' | '.join(cells)} | | | | | |")
+    chosen = []
+    for name, v in result["variants"].items():
+        s = v["summary"]
+        if "item_item" in s or "prior_betas" in s:
+            betas = ", ".join(f"{b:g}" for b in s.get("prior_betas", []))
+            terms = "; ".join(
+                f"λ {t['lam']:g}, keep {t['keep']}, w {t['weight']:g}" for t in s.get("item_item", [])
+            )
+            chosen.append(
+                f"- {name}, chosen on validation per seed: prior β [{betas}]; item-item term [{terms}]"
+            )
     for b in result["baselines"]:
         t = b["test"]
         lines.append(
             f"| {b['model']} | {' | '.join(f'{t[k]:.4f}' for k in METRICS)} | {b['valid']['recall@20']:.4f} "
             "| | | | |"
         )
-    lines.append("")
+    lines += ["", *chosen, ""] if chosen else [""]
     path.write_text("\n".join(lines))
 
 
