@@ -38,7 +38,7 @@ def rows(result: dict) -> list[str]:
     extra = result.get("common_overrides") or {}
     note = f", with {extra}" if extra else ""
     return [
-        f"| {name}: `edgerec train` default ({len(seeds)} seeds{note}) | {mean} |",
+        f"| {name}: `edgerec train` default ({len(seeds)} seed{'s' * (len(seeds) != 1)}{note}) | {mean} |",
         f"| {name}: strongest baseline per metric | {base} |",
         f"| {name}: default / strongest | {ratio} |",
     ]

@@ -1,0 +1,47 @@
+"""The README's quality table is what benchmarks/quality_table.py makes of the committed model results, and
+those results name a default variant that is `edgerec train`'s default with no overrides."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.quality_table import BEGIN, END, RESULTS, replace_block, rows, table  # noqa: E402
+
+
+def test_readme_block_is_generated_from_the_results() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert BEGIN in readme and END in readme
+    block = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert block == table(), "run: python benchmarks/quality_table.py --write README.md"
+
+
+def test_every_model_result_has_an_unmodified_default_variant() -> None:
+    found = [p for p in sorted(RESULTS.glob("model-*.json")) if not p.name.startswith("model-throughput")]
+    assert found
+    for path in found:
+        result = json.loads(path.read_text())
+        assert result["default_variant"] in result["variants"], path.name
+        assert not result["variants"][result["default_variant"]]["overrides"], path.name
+        assert not result.get("common_overrides"), path.name
+
+
+def test_bad_results_are_named() -> None:
+    result = {
+        "dataset": {"name": "x"},
+        "default_variant": "full",
+        "variants": {"full": {"overrides": {"seed": 1}, "summary": {}, "runs": []}},
+        "baselines": [],
+    }
+    with pytest.raises(ValueError, match="overrides"):
+        rows(result)
+    with pytest.raises(ValueError, match="no runs of the default variant"):
+        rows({**result, "variants": {}})
+    with pytest.raises(ValueError, match="quality-table"):
+        replace_block("no markers here", "| table |")
+    assert replace_block(f"a\n{BEGIN}\nold\n{END}\nb", "new") == f"a\n{BEGIN}\nnew\n{END}\nb"
