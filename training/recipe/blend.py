@@ -10,7 +10,7 @@ Two parts add non-negative boosts to the inner-product scores (``inference.ranke
 The row cut, ``β`` and ``w`` are chosen together over ``item_item_keeps × prior_grid × item_item_grid`` by
 the checkpoint criterion (R@20 + R@40 + N@100 on the validation users fine-tuning selected on): both parts
 read co-occurrence, so the best ``β`` with the term is not the best without it, and the best cut differs by
-dataset (office's validation preferred 20-30 neighbours per item, beauty's 100). One encoder pass scores the
+dataset (the committed runs chose 20 on office, 100 or 300 on beauty). One encoder pass scores the
 users (at ``β`` = 1); every grid point is then ``h·E + β·prior + w·term`` on those stored parts. The grid
 holds 0 on both weight axes, so a part that does not pay on validation is switched off; the test split is
 never looked at.

@@ -554,18 +554,13 @@ def test(run: Run) -> dict:
             _valid_users(run),
         )
 
-    def score(split: str, users: np.ndarray | None = None, term: bool = True) -> dict:
+    def score(split: str, term) -> dict:
         return evaluate(
-            lambda us: score_users(
-                m, fdata, us, d.device, cfg.eval_batch, item_item=item_item if term else None
-            ),
-            run.data,
-            split,
-            users=users,
+            lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch, item_item=term), run.data, split
         )
 
     uncut, fit_seconds = item_item, item_item.fit_seconds if item_item is not None else None
-    prior = term = blend_grid = None
+    prior = term = blend = None
     ablations: dict[str, dict] = {}
     shutil.rmtree(run.dir / ITEM_ITEM_DIR, ignore_errors=True)  # a re-test's earlier term, if any
     if m.cfg.candidate_prior or item_item is not None:
@@ -583,43 +578,44 @@ def test(run: Run) -> dict:
             _valid_users(run),
             cfg.item_item_keeps,
         )
-        blend_grid = blend["grid"]
-        beta = blend["beta"] if m.cfg.candidate_prior else 0.0
+    full_valid = score("valid", item_item)
+    test_m = score("test", item_item)
+    if blend is not None:
+        set_prior = m.set_prior if m.cfg.candidate_prior else (lambda _beta: None)
+        chosen = (blend["beta"], blend["keep"], blend["weight"])
+
+        def test_at(point: dict) -> dict:
+            """Test metrics of a blend grid point (the chosen point's are ``test_m``)."""
+            if (point["beta"], point["keep"], point["weight"]) == chosen:
+                return test_m
+            at = None
+            if point["weight"] > 0:  # a copy (cut): the chosen term may be ``uncut`` itself
+                at = uncut.cut(point["keep"])
+                at.weight = float(point["weight"])
+            set_prior(point["beta"])
+            try:
+                return score("test", at)
+            finally:
+                set_prior(blend["beta"])
+
         # Ablations of the ranker's parts on the same weights: each part off, the other re-chosen on the
         # same validation grid (what the recipe would have picked without it), then scored on test.
-        set_prior = m.set_prior if m.cfg.candidate_prior else (lambda _beta: None)
-        set_prior(0.0)
-        ablations["transformer_only"] = {"test": score("test", term=False)}
+        off = {"beta": 0.0, "keep": None, "weight": 0.0}
+        ablations["transformer_only"] = {"test": test_at(off)}
+        parts = [("no_item_item", {"weight": 0.0})] if uncut is not None else []
         if uncut is not None and m.cfg.candidate_prior:
-            p = best_point(blend_grid, beta=0.0)
-            if p is not None:
-                # a copy (cut): the chosen term may be ``uncut`` itself
-                alone = uncut.cut(p["keep"] if p["keep"] is not None else uncut.params["keep"])
-                alone.weight = float(p["weight"])
-                ablations["no_prior"] = {
-                    "keep": p["keep"],
-                    "weight": p["weight"],
-                    "test": evaluate(
-                        lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch, item_item=alone),
-                        run.data,
-                        "test",
-                    ),
-                }
-        if uncut is not None:
-            p = best_point(blend_grid, weight=0.0)
-            if p is not None:
-                set_prior(p["beta"])
-                ablations["no_item_item"] = {"beta": p["beta"], "test": score("test", term=False)}
-        set_prior(beta)
+            parts.append(("no_prior", {"beta": 0.0}))
+        for name, fixed in parts:
+            point = best_point(blend["grid"], **fixed)
+            if point is not None:
+                ablations[name] = {k: point[k] for k in off} | {"test": test_at(point)}
         if m.cfg.candidate_prior:
-            prior = {"beta": beta, "test_without": ablations["transformer_only"]["test"]}
+            prior = {"beta": blend["beta"], "test_without": ablations["transformer_only"]["test"]}
         if item_item is not None:
             term = {**item_item.params, "weight": item_item.weight, "top_n": item_item.top_n}
             if "no_item_item" in ablations:
                 term["test_without"] = ablations["no_item_item"]["test"]
             item_item.save(run.dir)
-    full_valid = score("valid")
-    test_m = score("test")
     epochs = [r for r in run.log.records() if r.get("event") == "epoch"]
     ft = [r for r in epochs if r["stage"] == "finetune"]
     metrics = {
@@ -632,7 +628,7 @@ def test(run: Run) -> dict:
         "best_epoch": state["best_epoch"],
         "prior": prior,
         "item_item": term,
-        "blend_grid": blend_grid,
+        "blend_grid": blend["grid"] if blend is not None else None,
         "ablations": ablations,
         "dataset": run.data.name,
         "fingerprint": run.data.fingerprint,
