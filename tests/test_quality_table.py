@@ -1,5 +1,6 @@
-"""The README's quality table is what benchmarks/quality_table.py makes of the committed model results, and
-those results name a default variant that is `edgerec train`'s default with no overrides."""
+"""The README's quality table and docs/model.md's result tables are what benchmarks/quality_table.py makes of
+the committed model results, and those results name a default variant that is `edgerec train`'s default with
+no overrides."""
 
 from __future__ import annotations
 
@@ -11,7 +12,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.quality_table import BEGIN, END, RESULTS, replace_block, rows, table  # noqa: E402
+from benchmarks.quality_table import (  # noqa: E402
+    BEGIN,
+    END,
+    RESULTS,
+    detail,
+    detail_markers,
+    model_results,
+    replace_block,
+    rows,
+    table,
+)
 
 
 def test_readme_block_is_generated_from_the_results() -> None:
@@ -19,6 +30,17 @@ def test_readme_block_is_generated_from_the_results() -> None:
     assert BEGIN in readme and END in readme
     block = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     assert block == table(), "run: python benchmarks/quality_table.py --write README.md"
+
+
+def test_model_docs_blocks_are_generated_from_the_results() -> None:
+    docs = (ROOT / "docs" / "model.md").read_text()
+    results = model_results()
+    assert results
+    for name, result in results.items():
+        begin, end = detail_markers(name)
+        assert begin in docs and end in docs, f"docs/model.md has no {begin} block"
+        block = docs.split(begin, 1)[1].split(end, 1)[0].strip()
+        assert block == detail(result), "run: python benchmarks/quality_table.py --details docs/model.md"
 
 
 def test_every_model_result_has_an_unmodified_default_variant() -> None:
@@ -42,6 +64,8 @@ def test_bad_results_are_named() -> None:
         rows(result)
     with pytest.raises(ValueError, match="no runs of the default variant"):
         rows({**result, "variants": {}})
+    with pytest.raises(ValueError, match="no baseline rows"):
+        detail({**result, "variants": {"full": {"overrides": {}, "summary": {}, "runs": []}}})
     with pytest.raises(ValueError, match="quality-table"):
         replace_block("no markers here", "| table |")
     assert replace_block(f"a\n{BEGIN}\nold\n{END}\nb", "new") == f"a\n{BEGIN}\nnew\n{END}\nb"
