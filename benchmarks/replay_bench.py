@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 KEY = "replay-bench-key"
+MODELS = ("frozen", "loop", "ease")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -100,7 +101,9 @@ def windows_of(n_day0: int, n: int, w: int) -> list[tuple[int, int]]:
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-def metrics_of(ranked: dict[str, list[str]], targets: dict[str, set[str]], k: int) -> dict[str, float]:
+def metrics_of(ranked: dict[str, list[str]], targets: dict[str, set[str]], k: int) -> dict:
+    """Mean recall@k / NDCG@k over the target users, and each user's figures (in ``targets``' order, the
+    same for every model of a window: the paired comparison of :func:`paired_gain` needs them)."""
     rec, ndcg = [], []
     for user, want in targets.items():
         got = ranked.get(user, [])[:k]
@@ -109,7 +112,25 @@ def metrics_of(ranked: dict[str, list[str]], targets: dict[str, set[str]], k: in
         dcg = sum(h / math.log2(n + 2) for n, h in enumerate(hits))
         ideal = sum(1.0 / math.log2(n + 2) for n in range(min(k, len(want))))
         ndcg.append(dcg / ideal)
-    return {f"recall@{k}": float(np.mean(rec)), f"ndcg@{k}": float(np.mean(ndcg)), "users": len(targets)}
+    return {
+        f"recall@{k}": float(np.mean(rec)),
+        f"ndcg@{k}": float(np.mean(ndcg)),
+        "users": len(targets),
+        "per_user": {f"recall@{k}": [round(x, 5) for x in rec], f"ndcg@{k}": [round(x, 5) for x in ndcg]},
+    }
+
+
+def paired_gain(a: list[float], b: list[float], n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """mean(a) / mean(b) - 1 over the same users, with a 95 % interval from resampling users (a paired
+    bootstrap: both models are scored on each resampled user set). A window scores tens to hundreds of
+    users, so a few-percent gap can be noise; the interval says which."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(x) != len(y) or not len(x) or y.sum() == 0:
+        return {"gain": float("nan"), "lo": float("nan"), "hi": float("nan")}
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    boot = x[idx].sum(1) / np.maximum(y[idx].sum(1), 1e-12) - 1.0
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"gain": float(x.sum() / y.sum() - 1.0), "lo": float(lo), "hi": float(hi)}
 
 
 def rank_version(folder: Path, histories: dict[str, list[str]], users: list[str], k: int) -> dict:
@@ -353,7 +374,18 @@ def main() -> None:
                 )
                 row["loop_version"] = current
                 row["ease"] = metrics_of(rank_ease(history, users, args.k, args.ease_lambda), targets, args.k)
-                print(json.dumps({k: row[k] for k in ("window", "frozen", "loop", "ease")}), flush=True)
+                row["loop_vs"] = {
+                    other: {
+                        metric: paired_gain(row["loop"]["per_user"][metric], row[other]["per_user"][metric])
+                        for metric in (f"recall@{args.k}", f"ndcg@{args.k}")
+                    }
+                    for other in ("ease", "frozen")
+                }
+                means = {
+                    m: {x: y for x, y in row[m].items() if x != "per_user"}
+                    for m in ("frozen", "loop", "ease")
+                }
+                print(json.dumps({"window": w, **means, "loop_vs": row["loop_vs"]}), flush=True)
                 t0 = time.time()
                 catalog |= set(json.loads((store.path(current) / "item_ids.json").read_text()))
                 if args.catalogue:
@@ -430,6 +462,23 @@ def write(report: dict, args) -> None:
             + f"{r.get('retrain_seconds', '-')} | {verdict} | "
             + f"{swap} |"
         )
+    if all("loop_vs" in r for r in report["windows"]):
+        lines += [
+            "",
+            "The loop against EASE and against the frozen model on the same users: mean(loop) / mean(other) "
+            "- 1, with a 95 % paired-bootstrap interval over users (2,000 resamples).",
+            "",
+            f"| window | users | loop vs EASE R@{k} | loop vs EASE N@{k} | loop vs frozen R@{k} | "
+            f"loop vs frozen N@{k} |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in report["windows"]:
+            cells = [
+                "{gain:+.1%} [{lo:+.1%}, {hi:+.1%}]".format(**r["loop_vs"][other][metric])
+                for other in ("ease", "frozen")
+                for metric in (f"recall@{k}", f"ndcg@{k}")
+            ]
+            lines.append(f"| {r['window']} | {r['loop']['users']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Day-0 training {report['day0_train_seconds']} s; whole replay {report['total_seconds']} s; "
