@@ -60,20 +60,13 @@ def evaluate(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     mask = known_items(dataset, split, mask_valid_on_test)
     heldout = getattr(dataset, split).tocsr()
-    n_users, n_items = heldout.shape
-    has_heldout = np.diff(heldout.indptr) > 0
-    if users is None:
-        users = np.flatnonzero(has_heldout)
-    else:
-        users = np.asarray(users, dtype=np.int64)
-        if users.size and (users.min() < 0 or users.max() >= n_users):
-            raise ValueError(f"user indices must lie in [0, {n_users})")
-        users = users[has_heldout[users]]
+    n_items = heldout.shape[1]
+    users = scored_users(heldout, users)
     acc = MetricAccumulator(metric_names(ks, ndcg_ks))
     parts: list[dict[str, np.ndarray]] = []
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
-        scores = _to_numpy(score_fn(batch))
+        scores = to_numpy(score_fn(batch))
         if scores.shape != (len(batch), n_items):
             raise ValueError(f"score_fn returned shape {scores.shape}, expected {(len(batch), n_items)}")
         found = batch_metrics(scores, heldout[batch], ks, ndcg_ks, exclude=mask[batch])
@@ -85,7 +78,19 @@ def evaluate(
     return acc.result()
 
 
-def _to_numpy(scores: Any) -> np.ndarray:
+def scored_users(heldout: sp.csr_matrix, users: np.ndarray | None = None) -> np.ndarray:
+    """The users a split scores: ``users`` (all by default) that have at least one held-out item."""
+    n_users = heldout.shape[0]
+    has_heldout = np.diff(heldout.indptr) > 0
+    if users is None:
+        return np.flatnonzero(has_heldout)
+    users = np.asarray(users, dtype=np.int64)
+    if users.size and (users.min() < 0 or users.max() >= n_users):
+        raise ValueError(f"user indices must lie in [0, {n_users})")
+    return users[has_heldout[users]]
+
+
+def to_numpy(scores: Any) -> np.ndarray:
     """Accept numpy arrays or torch tensors (without importing torch here); always return a writable float
     array."""
     if hasattr(scores, "detach"):

@@ -11,7 +11,8 @@ The row cut, ``β`` and ``w`` are chosen together over ``item_item_keeps × prio
 the checkpoint criterion (R@20 + R@40 + N@100 on the validation users fine-tuning selected on): both parts
 read co-occurrence, so the best ``β`` with the term is not the best without it, and the best cut differs by
 dataset (the committed runs chose 20 on office, 100 or 300 on beauty). One encoder pass scores the
-users (at ``β`` = 1); every grid point is then ``h·E + β·prior + w·term`` on those stored parts. The grid
+users (at ``β`` = 1); every grid point is then ``h·E + β·prior + w·term`` on those stored parts, all
+scored in one pass over the users (``training.evaluation.boost_grid``). The grid
 holds 0 on both weight axes, so a part that does not pay on validation is switched off; the test split is
 never looked at.
 """
@@ -19,7 +20,6 @@ never looked at.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +31,7 @@ from inference.item_item import ItemItem, item_covariance, strongest_rows
 from inference.ranker import Boost, candidate_boosts
 from training.evaluation.baselines.base import selection_score
 from training.evaluation.baselines.ease import EASE
+from training.evaluation.boost_grid import evaluate_boost_grid
 from training.evaluation.harness import evaluate
 from training.recipe.finetune import to_tensors
 
@@ -105,15 +106,6 @@ def best_point(grid: list[dict], **fixed: float) -> dict | None:
     return max(points, key=selection_score) if points else None
 
 
-def add_boosts(scores: np.ndarray, rows: list[Boost | None], weight: float) -> None:
-    """scores[r, items] += weight · boosts, in place (a no-op at weight 0)."""
-    if weight == 0.0:
-        return
-    for r, b in enumerate(rows):
-        if b is not None and len(b[0]):
-            np.add.at(scores[r], b[0], weight * b[1])
-
-
 def fit_blend(
     model,
     fdata,
@@ -142,22 +134,22 @@ def fit_blend(
         hist = [fdata.g.user_items(int(u)) for u in users]
         term_parts = {k: t.boosts(parts.vectors, hist, weight=1.0) for k, t in terms.items()}
     table = model.item_emb.weight.detach().float().cpu().numpy()
-
-    def scorer(beta: float, keep: int | None, w: float) -> Callable[[np.ndarray], np.ndarray]:
-        def score(us: np.ndarray) -> np.ndarray:
-            rows = [parts.row_of[int(u)] for u in us]
-            out = parts.vectors[rows] @ table.T
-            add_boosts(out, [parts.prior[r] for r in rows], beta)
-            if keep is not None:
-                add_boosts(out, [term_parts[keep][r] for r in rows], w)
-            return out
-
-        return score
-
     # w = 0 is the same point for every cut: scored once per β (and always where there is no term)
     points = [(b, None, 0.0) for b in betas] if not terms or 0.0 in item_item_grid else []
     points += [(b, k, w) for b in betas for k in terms for w in item_item_grid if w > 0]
-    grid = {p: evaluate(scorer(*p), data, "valid", users=users) for p in points}
+
+    def base(us: np.ndarray) -> np.ndarray:
+        return parts.vectors[[parts.row_of[int(u)] for u in us]] @ table.T
+
+    def boosts(us: np.ndarray) -> dict[str, list[Boost | None]]:
+        rows = [parts.row_of[int(u)] for u in us]
+        return {"prior": [parts.prior[r] for r in rows]} | {
+            f"term@{k}": [found[r] for r in rows] for k, found in term_parts.items()
+        }
+
+    # the prior is added before the term, as the served ranker adds them
+    weights = [{"prior": b} | ({f"term@{k}": w} if k is not None else {}) for b, k, w in points]
+    grid = dict(zip(points, evaluate_boost_grid(base, boosts, weights, data, "valid", users), strict=True))
     beta, keep, w = max(grid, key=lambda p: selection_score(grid[p]))
     if model.cfg.candidate_prior:
         model.set_prior(beta)
