@@ -123,11 +123,12 @@ def summarise(runs: list[dict]) -> dict:
         vals = [r[k] for r in runs if r.get(k) is not None]
         out[k] = float(np.mean(vals)) if vals else None
     priors = [r["prior"] for r in runs if r.get("prior")]
-    if priors and len(priors) == len(runs):  # the same runs scored without the candidate prior
-        vals = {k: [p["test_without"][k] for p in priors] for k in METRICS}
-        out["test_without_prior"] = {k: float(np.mean(v)) for k, v in vals.items()}
-        out["test_without_prior_std"] = {k: float(np.std(v)) for k, v in vals.items()}
+    if priors and len(priors) == len(runs):
         out["prior_betas"] = [p["beta"] for p in priors]
+        if all("test_without" in p for p in priors):  # runs from before "ablations": prior off on test
+            vals = {k: [p["test_without"][k] for p in priors] for k in METRICS}
+            out["test_without_prior"] = {k: float(np.mean(v)) for k, v in vals.items()}
+            out["test_without_prior_std"] = {k: float(np.std(v)) for k, v in vals.items()}
     terms = [r["item_item"] for r in runs if r.get("item_item")]
     if terms and len(terms) == len(runs):  # the ranker's item-item term as each run chose it
         out["item_item"] = [{k: t.get(k) for k in ("lam", "keep", "weight")} for t in terms]

@@ -59,7 +59,9 @@ def trained(tmp_path_factory):
         item_item_keeps=(100,),
     )
     metrics = train(cfg, quiet=True)
-    assert metrics["prior"]["beta"] == 1.0 and set(metrics["prior"]["test_without"]) >= {"recall@20"}
+    assert metrics["prior"]["beta"] == 1.0 and set(metrics["ablations"]["transformer_only"]["test"]) >= {
+        "recall@20"
+    }
     assert metrics["item_item"]["weight"] == 0.5 and metrics["item_item"]["lam"] in cfg.item_item_lams
     # the blend grid's fast path (stored vectors + boosts) scores validation as training's scoring does
     (point,) = metrics["blend_grid"]

@@ -83,7 +83,8 @@ def test_end_to_end_beats_popularity(office_slice: Path, tmp_path: Path) -> None
     assert set(ab) == {"transformer_only", "no_prior", "no_item_item"}
     assert ab["no_item_item"]["beta"] == best_point(grid, weight=0.0)["beta"]
     assert ab["no_prior"]["weight"] == best_point(grid, beta=0.0)["weight"]
-    assert ab["transformer_only"]["test"] == metrics["prior"]["test_without"]
+    assert set(ab["transformer_only"]["test"]) >= {"recall@20", "recall@40", "ndcg@100"}
+    assert "test_without" not in metrics["prior"]  # one place for each ablation: "ablations"
     files = ["model.safetensors", "model_config.json", "prompt_config.json", "tokenizer.json", "metrics.json"]
     for f in [*files, "losses.png", "valid.png", "graph"]:
         assert (tmp_path / "run" / f).exists(), f

@@ -609,12 +609,11 @@ def test(run: Run) -> dict:
             point = best_point(blend["grid"], **fixed)
             if point is not None:
                 ablations[name] = {k: point[k] for k in off} | {"test": test_at(point)}
+        # what each part adds on test is in "ablations" (once: no copies under "prior" / "item_item")
         if m.cfg.candidate_prior:
-            prior = {"beta": blend["beta"], "test_without": ablations["transformer_only"]["test"]}
+            prior = {"beta": blend["beta"]}
         if item_item is not None:
             term = {**item_item.params, "weight": item_item.weight, "top_n": item_item.top_n}
-            if "no_item_item" in ablations:
-                term["test_without"] = ablations["no_item_item"]["test"]
             item_item.save(run.dir)
     epochs = [r for r in run.log.records() if r.get("event") == "epoch"]
     ft = [r for r in epochs if r["stage"] == "finetune"]
