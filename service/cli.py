@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import typer
+
+from service.config import MULTIPROC_ENV
 
 
 def serve(
@@ -20,6 +26,8 @@ def serve(
     if n_workers > 1 and not settings.redis_url:
         # Each worker would start its own embedded server on the same data folder.
         raise typer.BadParameter("more than one worker needs a shared Redis: set EDGEREC_REDIS_URL")
+    if n_workers > 1:
+        _metrics_folder()
     uvicorn.run(
         "service.main:create_app",
         factory=True,
@@ -30,6 +38,19 @@ def serve(
         access_log=False,
         proxy_headers=True,
     )
+
+
+def _metrics_folder() -> Path:
+    """Where the workers keep their metric values (service/metrics.py): PROMETHEUS_MULTIPROC_DIR if set, else
+    a new temporary folder; emptied, since values of an earlier run must not be summed in. Set in this
+    process's environment, which the workers inherit, before any of them imports prometheus-client."""
+    given = os.environ.get(MULTIPROC_ENV)
+    folder = Path(given) if given else Path(tempfile.mkdtemp(prefix="edgerec-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(folder)
+    return folder
 
 
 def register(app: typer.Typer) -> None:

@@ -17,6 +17,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REASON_CACHE_SIZE = 32768
 
 
+# prometheus-client's folder for the values of several worker processes (service/metrics.py): set by `edgerec
+# serve --workers N` (or the deployer) before any worker imports prometheus-client.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 class Settings(BaseSettings):
     # An empty variable (e.g. EDGEREC_API_KEY= in a compose file) means unset, never "require an empty key".
     model_config = SettingsConfigDict(env_prefix="EDGEREC_", extra="ignore", env_ignore_empty=True)
@@ -33,9 +38,9 @@ class Settings(BaseSettings):
     workers: int = Field(
         1,
         ge=1,
-        description="uvicorn worker processes of `edgerec serve`. Each keeps its own metrics, so with more "
-        "than one a scrape of /metrics sees the worker that answered it; scale with replicas (one worker "
-        "each, as the manifests do) where the metrics matter.",
+        description="uvicorn worker processes of `edgerec serve`. With more than one, /metrics merges "
+        "every worker's counters and histograms (their values live in PROMETHEUS_MULTIPROC_DIR, a "
+        "temporary folder unless set); the manifests scale with replicas of one worker each.",
     )
 
     redis_url: str | None = Field(

@@ -82,6 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             state.holder.current.retire()
         state.recommender.close()
         await redis.close()
+        m.process_exiting()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1,5 +1,13 @@
 """The service's Prometheus metrics, on a registry owned by one app instance (tests run several apps per
-process)."""
+process).
+
+With more than one worker process (``edgerec serve --workers N``) each worker counts in its own memory, and a
+scrape reaches one of them. ``edgerec serve`` then points ``PROMETHEUS_MULTIPROC_DIR`` at an empty folder
+before the workers start: prometheus-client keeps every worker's values in files there, and ``/metrics``
+answers with their sum over workers (counters, histograms), the live workers' max or min (gauges: a model
+load failing in any worker, Redis down in any worker) and each served version. The families read from a
+worker's own state when scraped (catalogue view, reason cache, last retrain) are the answering worker's.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +28,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from service.config import MULTIPROC_ENV
 
 if TYPE_CHECKING:
     from service.catalogue import CatalogueView
@@ -35,12 +46,20 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 STAGES = ("cache", "neighbourhood", "prompt", "encode", "search")
 
 
+def multiprocess() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, retrain_status: Path | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.multiprocess = multiprocess()
+        self._version: str | None = None  # the version model_info says is served
         r = self.registry
+        # read from this process's state when scraped (in multiprocess mode: the answering worker's)
+        self._own: list = []
         if retrain_status is not None:
-            r.register(RetrainStatus(retrain_status))
+            self._own.append(RetrainStatus(retrain_status))
         self.stage_seconds = Histogram(
             "edgerec_stage_seconds",
             "Latency of one stage of the recommendation path (encode/search: per micro-batch).",
@@ -90,20 +109,32 @@ class Metrics:
         self.reloads = Counter(
             "edgerec_model_reloads_total", "Model reload attempts by outcome.", ["outcome"], registry=r
         )
+        # multiprocess_mode: how a gauge merges over live workers (ignored with one process)
         self.load_failing = Gauge(
             "edgerec_model_load_failing",
             "1 while the last model load failed (the previous version, if any, keeps serving).",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.model_info = Gauge(
-            "edgerec_model_info", "1 for the model version being served.", ["version"], registry=r
+            "edgerec_model_info",
+            "1 for the model version being served (by any worker; 0 for one no worker serves any more).",
+            ["version"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.warm_progress = Gauge(
             "edgerec_cache_warm_progress",
             "Share of known users whose entry the warmer has filled.",
             registry=r,
+            multiprocess_mode="livemax",
         )
-        self.redis_up = Gauge("edgerec_redis_up", "1 while the last Redis call succeeded.", registry=r)
+        self.redis_up = Gauge(
+            "edgerec_redis_up",
+            "1 while the last Redis call succeeded (in every worker).",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.catalogue_writes = Counter(
             "edgerec_catalogue_writes_total",
             "Catalogue writes (PUT/DELETE /items) by operation and outcome: stored, not_stored, unknown "
@@ -116,14 +147,15 @@ class Metrics:
                 self.catalogue_writes.labels(op, outcome)
         # the served catalogue view, read when scraped; lifespan points it at its model holder
         self.catalogue_view: Callable[[], CatalogueView | None] = lambda: None
-        r.register(CatalogueGauges(lambda: self.catalogue_view()))
+        self._own.append(CatalogueGauges(lambda: self.catalogue_view()))
         # the served version's reason cache (explain: true), read when scraped; lifespan sets it too
         self.reason_cache: Callable[[], ReasonCache | None] = lambda: None
-        r.register(ReasonCacheMetrics(lambda: self.reason_cache()))
-        hit_ratio = Gauge(
-            "edgerec_cache_hit_ratio", "Neighbourhood cache hits / lookups since start.", registry=r
-        )
-        hit_ratio.set_function(self.cache_hit_ratio)
+        self._own.append(ReasonCacheMetrics(lambda: self.reason_cache()))
+        for collector in self._own:
+            r.register(collector)
+        if not self.multiprocess:  # (multiprocess: computed from the workers' sum when scraped)
+            hit_ratio = Gauge("edgerec_cache_hit_ratio", _HIT_RATIO_DOC, registry=r)
+            hit_ratio.set_function(lambda: self.cache_hit_ratio())
         for res in ("hit", "miss", "error"):  # export zeros from the start so rate() works at once
             self.cache_lookups.labels(res)
 
@@ -136,20 +168,55 @@ class Metrics:
             self.stage_seconds.labels(name).observe(time.perf_counter() - start)
 
     def set_model(self, version: str) -> None:
+        # 0 first: in multiprocess mode a cleared series stays in this worker's file with its last value
+        if self._version is not None:
+            self.model_info.labels(self._version).set(0)
         self.model_info.clear()
         self.model_info.labels(version).set(1)
+        self._version = version
 
-    def cache_hit_ratio(self) -> float:
-        """Hits over all lookups since start (0 before the first lookup)."""
+    def cache_hit_ratio(self, registry: CollectorRegistry | None = None) -> float:
+        """Hits over all lookups since start (0 before the first lookup), in ``registry`` (default: this
+        process's)."""
+        reg = registry or self.registry
         counts = {
-            res: self.registry.get_sample_value("edgerec_cache_lookups_total", {"result": res}) or 0.0
+            res: reg.get_sample_value("edgerec_cache_lookups_total", {"result": res}) or 0.0
             for res in ("hit", "miss", "error")
         }
         total = sum(counts.values())
         return counts["hit"] / total if total else 0.0
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if not self.multiprocess:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        merged = CollectorRegistry(auto_describe=True)
+        MultiProcessCollector(merged)  # every worker's values, merged as each metric's mode says
+        ratio = self.cache_hit_ratio(merged)
+        for collector in self._own:
+            merged.register(collector)
+        merged.register(_Constant(GaugeMetricFamily("edgerec_cache_hit_ratio", _HIT_RATIO_DOC, value=ratio)))
+        return generate_latest(merged), CONTENT_TYPE_LATEST
+
+    def process_exiting(self) -> None:
+        """This worker stops: its live gauges leave the merged view (its counters stay in the sums)."""
+        if self.multiprocess:
+            mark_process_dead(os.getpid())
+
+
+_HIT_RATIO_DOC = "Neighbourhood cache hits / lookups since start."
+
+
+class _Constant:
+    """One ready metric family as a collector."""
+
+    def __init__(self, family) -> None:
+        self.family = family
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator:
+        yield self.family
 
 
 class CatalogueGauges:

@@ -42,7 +42,10 @@ class PromptPool:
             registry=registry,
         )
         self.in_pool = Gauge(
-            "edgerec_prompt_pool_jobs", "Prompt jobs running or waiting for a worker.", registry=registry
+            "edgerec_prompt_pool_jobs",
+            "Prompt jobs running or waiting for a worker (all worker processes together).",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgerec-prompt")
 

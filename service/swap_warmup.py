@@ -72,9 +72,13 @@ class SwapWarmup:
             "edgerec_swap_warmed_users",
             "Users whose cache entries the last swap warmed for the new version before it took traffic.",
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.seconds = Gauge(
-            "edgerec_swap_warm_seconds", "How long the last swap's warm-up took.", registry=registry
+            "edgerec_swap_warm_seconds",
+            "How long the last swap's warm-up took.",
+            registry=registry,
+            multiprocess_mode="livemax",
         )
 
     async def warm(self, recommender: Recommender, model: ServingModel) -> int:

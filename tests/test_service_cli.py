@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -29,25 +30,31 @@ def _env(tmp_path: Path, url: str, prefix: str) -> dict[str, str]:
     return env
 
 
+def _serve(tmp_path: Path, url: str, prefix: str, *args: str, env: dict | None = None):
+    """``edgerec serve`` on a free port, once /readyz says ready: (process, base URL)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "edgerec.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+    full_env = _env(tmp_path, url, prefix) | (env or {})
+    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc, f"http://127.0.0.1:{port}"
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("serve did not become ready: " + proc.communicate()[0].decode()[-2000:])
+        time.sleep(0.3)
+
+
 def test_serve_answers_and_stops_cleanly(tmp_path):
     url, prefix = redis_url_or_skip(), unique_prefix()
     store = tiny_store()
-    port = free_port()
-    cmd = [sys.executable, "-m", "edgerec.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(
-        cmd, env=_env(tmp_path, url, prefix), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    proc, base = _serve(tmp_path, url, prefix)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.3)
-        r = httpx.post(f"http://127.0.0.1:{port}/recommend/{store.user_ids[0]}", json={"k": 3})
+        r = httpx.post(f"{base}/recommend/{store.user_ids[0]}", json={"k": 3})
         assert r.status_code == 200 and len(r.json()["items"]) == 3
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
@@ -55,6 +62,48 @@ def test_serve_answers_and_stops_cleanly(tmp_path):
         assert proc.returncode in (0, -signal.SIGTERM), out.decode()[-2000:]
         assert b"Application shutdown complete" in out
         assert b'"msg":"serving model"' in out  # structured JSON logs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        delete_prefix(url, prefix)
+
+
+def _sample(text: str, name: str) -> float:
+    """The value of the unlabelled sample ``name`` in a Prometheus text exposition."""
+    (value,) = [ln.split()[-1] for ln in text.splitlines() if ln.split(" ")[0] == name]
+    return float(value)
+
+
+def test_serve_with_two_workers_merges_their_metrics(tmp_path):
+    """With --workers 2 every scrape of /metrics, whichever worker answers it, counts all workers' hits."""
+    url, prefix = redis_url_or_skip(), unique_prefix()
+    store = tiny_store()
+    folder = tmp_path / "prom"
+    (folder).mkdir()
+    (folder / "counter_1.db").write_bytes(b"stale")  # an earlier run's values must not be summed in
+    proc, base = _serve(
+        tmp_path, url, prefix, "--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    )
+    try:
+        assert not (folder / "counter_1.db").exists()
+        users = [store.user_ids[n % len(store.user_ids)] for n in range(40)]
+
+        def ask(user: str) -> int:  # a new connection per request, so both workers take some
+            return httpx.post(f"{base}/recommend/{user}", json={"k": 3}, timeout=30).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(ask, users)) == [200] * len(users)
+        pids = {p.stem.split("_")[-1] for p in folder.glob("counter_*.db")}
+        assert len(pids) == 2, sorted(folder.iterdir())  # both workers keep their values there
+        for _ in range(12):  # new connections: the scrapes reach either worker
+            text = httpx.get(f"{base}/metrics", timeout=10).text
+            assert _sample(text, "edgerec_recommendations_total") == len(users)
+            assert 0.0 <= _sample(text, "edgerec_cache_hit_ratio") <= 1.0
+            assert f'edgerec_model_info{{version="{store.versions[0]}"}} 1.0' in text
+            assert _sample(text, "edgerec_redis_up") == 1.0
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode in (0, -signal.SIGTERM), out.decode()[-2000:]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -110,6 +110,7 @@ def test_unknown_route_is_json_404(http):
 
 
 def test_metrics_exposition(http):
+    http.post("/recommend/u1", json={"k": 3})  # a routed request, so the latency histogram has a series
     text = http.get("/metrics").text
     for name in (
         "edgerec_stage_seconds",
