@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -26,31 +27,37 @@ def serve(
     if n_workers > 1 and not settings.redis_url:
         # Each worker would start its own embedded server on the same data folder.
         raise typer.BadParameter("more than one worker needs a shared Redis: set EDGEREC_REDIS_URL")
-    if n_workers > 1:
-        _metrics_folder()
-    uvicorn.run(
-        "service.main:create_app",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=n_workers,
-        log_config=None,  # the app configures JSON logging itself
-        access_log=False,
-        proxy_headers=True,
-    )
+    made = _metrics_folder() if n_workers > 1 else None
+    try:
+        uvicorn.run(
+            "service.main:create_app",
+            factory=True,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=n_workers,
+            log_config=None,  # the app configures JSON logging itself
+            access_log=False,
+            proxy_headers=True,
+        )
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 
-def _metrics_folder() -> Path:
-    """Where the workers keep their metric values (service/metrics.py): PROMETHEUS_MULTIPROC_DIR if set, else
-    a new temporary folder; emptied, since values of an earlier run must not be summed in. Set in this
-    process's environment, which the workers inherit, before any of them imports prometheus-client."""
+def _metrics_folder() -> Path | None:
+    """Point the workers at a folder for their metric values (service/metrics.py): PROMETHEUS_MULTIPROC_DIR
+    if set, emptied (values of an earlier run must not be summed in), else a new temporary folder, which is
+    returned (to be removed at exit). Set in this process's environment, which the workers inherit, before
+    any of them imports prometheus-client."""
     given = os.environ.get(MULTIPROC_ENV)
-    folder = Path(given) if given else Path(tempfile.mkdtemp(prefix="edgerec-metrics-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.db"):
-        stale.unlink()
-    os.environ[MULTIPROC_ENV] = str(folder)
-    return folder
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        return None
+    made = Path(tempfile.mkdtemp(prefix="edgerec-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(made)
+    return made
 
 
 def register(app: typer.Typer) -> None:
