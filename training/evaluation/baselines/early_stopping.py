@@ -1,4 +1,4 @@
-"""Early stopping on validation for the iterative baselines (LightGCN, Multi-VAE).
+"""Early stopping on validation for the iterative baselines (LightGCN, Multi-VAE, SASRec).
 
 Every ``eval_every`` epochs the model is scored on validation with the shared harness; the best state by
 R@20 + R@40 + N@100 is kept (a copy of the parameters), and training stops after ``patience`` evaluations
@@ -44,6 +44,19 @@ class EarlyStopping:
         self.bad_evals = 0
         self.stop_reason = "max_epochs"
         self.history: list[dict[str, float]] = []
+
+    @classmethod
+    def from_params(cls, train: sp.csr_matrix, valid: sp.csr_matrix | None, params: dict, log=None):
+        """From a baseline's ``eval_every``, ``patience``, ``budget_s`` and ``max_epochs`` parameters."""
+        return cls(
+            train,
+            valid,
+            eval_every=int(params["eval_every"]),
+            patience=int(params["patience"]),
+            budget_s=float(params["budget_s"]),
+            max_epochs=int(params["max_epochs"]),
+            log=log,
+        )
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

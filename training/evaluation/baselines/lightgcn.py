@@ -50,15 +50,7 @@ class LightGCN(Recommender):
         coo = x.tocoo()
         users_all, items_all = coo.row.astype(np.int64), coo.col.astype(np.int64)
         seen = np.sort(users_all * n_items + items_all)  # for rejecting negatives the user has seen
-        stopper = EarlyStopping(
-            x,
-            valid,
-            eval_every=int(p["eval_every"]),
-            patience=int(p["patience"]),
-            budget_s=float(p["budget_s"]),
-            max_epochs=int(p["max_epochs"]),
-            log=log,
-        )
+        stopper = EarlyStopping.from_params(x, valid, p, log)
         bs, reg = int(p["batch_size"]), float(p["reg"])
         epoch = 0
         while True:

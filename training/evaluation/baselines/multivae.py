@@ -52,15 +52,7 @@ class MultiVAE(Recommender):
         opt = torch.optim.Adam(
             self.net.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"])
         )
-        stopper = EarlyStopping(
-            x,
-            valid,
-            eval_every=int(p["eval_every"]),
-            patience=int(p["patience"]),
-            budget_s=float(p["budget_s"]),
-            max_epochs=int(p["max_epochs"]),
-            log=log,
-        )
+        stopper = EarlyStopping.from_params(x, valid, p, log)
         bs, drop = int(p["batch_size"]), float(p["dropout"])
         beta_cap, anneal = float(p["beta_cap"]), max(1, int(p["anneal_steps"]))
         active = np.flatnonzero(np.diff(x.indptr) > 0)  # users with train items

@@ -88,15 +88,7 @@ class SASRec(Recommender):
             n_items, int(p["dim"]), int(p["blocks"]), int(p["heads"]), float(p["dropout"]), max_len
         )
         opt = torch.optim.Adam(self.net.parameters(), lr=float(p["lr"]), betas=(0.9, 0.98))
-        stopper = EarlyStopping(
-            x,
-            valid,
-            eval_every=int(p["eval_every"]),
-            patience=int(p["patience"]),
-            budget_s=float(p["budget_s"]),
-            max_epochs=int(p["max_epochs"]),
-            log=log,
-        )
+        stopper = EarlyStopping.from_params(x, valid, p, log)
         seen = np.sort(np.repeat(np.arange(n_users, dtype=np.int64), np.diff(x.indptr)) * n_items + x.indices)
         active = np.flatnonzero(lengths > 0)  # users with at least two train items have something to predict
         epoch = 0
