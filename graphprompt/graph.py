@@ -195,17 +195,9 @@ class BipartiteGraph:
         return counts / np.power(np.maximum(self.item_degree()[items], 1), item_norm).astype(np.float32)
 
     def _check_items(self, items: np.ndarray) -> np.ndarray:
-        a = np.asarray(items)
-        if a.ndim != 1:
-            raise ValueError(f"items must be a 1-D array of item indices, got shape {a.shape}")
-        if a.size == 0:
-            return np.zeros(0, np.int64)
-        if not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"items must be integer item indices, got dtype {a.dtype}")
-        if a.min() < 0 or a.max() >= self.n_items:
-            raise ValueError(f"item index out of range [0, {self.n_items}): min {a.min()}, max {a.max()}")
+        a = _index_array(items, self.n_items, "items", "item indices", "item index")
         _, first = np.unique(a, return_index=True)  # dedupe, keeping first-occurrence order
-        return a[np.sort(first)].astype(np.int64)
+        return a[np.sort(first)]
 
     # ---------------------------------------------------------------- edges and distances
     def direct_edges(
@@ -301,16 +293,7 @@ class BipartiteGraph:
 
     # ---------------------------------------------------------------- input checks (shared with the engine)
     def check_nodes(self, nodes: np.ndarray) -> np.ndarray:
-        a = np.asarray(nodes)
-        if a.ndim != 1:
-            raise ValueError(f"nodes must be a 1-D array of global node ids, got shape {a.shape}")
-        if a.size == 0:
-            return np.zeros(0, np.int64)
-        if not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"nodes must be integer global node ids, got dtype {a.dtype}")
-        if a.min() < 0 or a.max() >= self.n_nodes:
-            raise ValueError(f"node id out of range [0, {self.n_nodes}): min {a.min()}, max {a.max()}")
-        return a.astype(np.int64)
+        return _index_array(nodes, self.n_nodes, "nodes", "global node ids", "node id")
 
     def check_edges(self, edges: Edges) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(edges, tuple | list) or len(edges) != 2:
@@ -365,3 +348,17 @@ def _count_ids(ids: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         return uniq.astype(np.int64), counts[uniq].astype(np.float32)
     uniq, counts = np.unique(ids, return_counts=True)
     return uniq.astype(np.int64), counts.astype(np.float32)
+
+
+def _index_array(values, bound: int, name: str, kind: str, one: str) -> np.ndarray:
+    """``values`` as a 1-D int64 array of indices in [0, bound), or a ValueError naming what is wrong."""
+    a = np.asarray(values)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of {kind}, got shape {a.shape}")
+    if a.size == 0:
+        return np.zeros(0, np.int64)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{name} must be integer {kind}, got dtype {a.dtype}")
+    if a.min() < 0 or a.max() >= bound:
+        raise ValueError(f"{one} out of range [0, {bound}): min {a.min()}, max {a.max()}")
+    return a.astype(np.int64)
