@@ -11,7 +11,9 @@ One retrain, in order (docs/deploy.md, "Retraining from the stream"):
 3. **train**: the served version's weights, new rows from their neighbours, a short fine-tune
    (``training.recipe.warm_start``), exported like any run;
 4. **gate**: served and candidate scored on the holdout with one protocol (``training.evaluation.holdout``);
-5. **publish** the candidate, its manifest's ``extra.retrain`` recording the stream range (per shard: after,
+5. **publish** the candidate, its item-item term first refitted on every interaction of the snapshot,
+   holdout included (``training.recipe.blend.refit_item_item``: the gate judged it without them, the
+   version serves with them), its manifest's ``extra.retrain`` recording the stream range (per shard: after,
    upper, first, last, count), the gate and the snapshot; **promote** it if the gate passed;
 6. **advance** the checkpoint (``<state>/checkpoint.json``: per shard, the last id learned from; temp file,
    fsync, rename).
@@ -643,6 +645,7 @@ def _learn(store, base, state, keys, read, catalogue, ck, opts: Options, ranks: 
     from training.data.snapshot import Event, merge
     from training.evaluation.holdout import score_holdout
     from training.export.exporter import code_version, export_run, version_metadata
+    from training.recipe.blend import refit_item_item
     from training.recipe.warm_start import base_train_config, served_blend, warm_train
 
     t0 = time.time()
@@ -708,6 +711,9 @@ def _learn(store, base, state, keys, read, catalogue, ck, opts: Options, ranks: 
         return RetrainResult("dry_run", msg, None, gate, stream, snap.stats, base)
     forced = opts.force_promote and not gate["passed"]
     promote = opts.promote and (gate["passed"] or opts.force_promote)
+    # judged without the holdout; served with every interaction of the snapshot in its item-item weights
+    every = (snap.data.train + snap.data.valid + snap.data.test).tocsr()
+    term_refit = refit_item_item(export_dir, every)
     meta = version_metadata(export_dir) | {"code_version": code_version()}
     meta["extra"]["retrain"] = {
         "base_version": base,
@@ -726,6 +732,7 @@ def _learn(store, base, state, keys, read, catalogue, ck, opts: Options, ranks: 
         "overrides": opts.train_overrides,
         "epochs": opts.epochs,
         "gate": gate,
+        "item_item_refit": term_refit,  # None: the version has no item-item term
         "promote": promote,  # what this retrain decided; a rerun after a crash completes it
         "forced": forced,
         "world_size": ranks.dist.world if ranks.dist is not None else 1,

@@ -22,12 +22,13 @@ from service_support import delete_prefix, redis_url_or_skip, tiny_store, unique
 from shared_data import office_users
 
 from edgerec.retrain import FAIL_ENV, InjectedFailure, load_checkpoint, retrain
-from inference.item_item import ItemItem
+from inference.item_item import ItemItem, strongest_rows
 from model_store import ModelStore
 from service.cache import Cache
 from service.metrics import RETRAIN_STATUS_FILE
 from service.redis_conn import make_client
 from training.data.dataset import PreparedDataset
+from training.evaluation.baselines.ease import EASE
 
 SHARDS = 4
 EPOCHS = 1
@@ -140,6 +141,12 @@ def test_retrain_reads_exactly_once_across_two_retrains(env):
     assert len(json.loads((store.path(first.version) / "item_item" / "params.json").read_text())) > 0
     term = ItemItem.load(store.path(first.version))
     assert term is not None and term.n_items == len(version_items)
+    # judged by the gate without the holdout, the published term is refitted with it (and valid) in
+    every = (snap1.train + snap1.valid + snap1.test).tocsr()
+    every.data[:] = 1
+    assert extra["item_item_refit"]["interactions"] == every.nnz == term.params["refit_interactions"]
+    want = strongest_rows(EASE(lam=term.params["lam"]).fit(every).weights, term.params["keep"])
+    assert (term.rows != want).nnz == 0
 
     ids_b = write(env["url"], env["prefix"], b)
     second = run(env, tolerance=1.0)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -67,6 +68,27 @@ def fit_item_item(
     # wall time, kept out of params (a resumed run must record the same params)
     term.fit_seconds = round(time.perf_counter() - t0, 1)
     return term
+
+
+def refit_item_item(folder: str | Path, interactions: sp.csr_matrix) -> dict | None:
+    """Refit the item-item term saved in ``folder`` (a run or an export) on ``interactions``, keeping its
+    λ, row cut, weight and ``top_n`` (what validation chose), and save it in place; returns a record for the
+    version's manifest, or None where ``folder`` has no term.
+
+    A retrain calls it after its gate: the gate scores the candidate on the holdout, which it must not have
+    learned from, but the version it publishes serves tomorrow, and EASE's weights are cheap to refit with
+    the newest interactions in (the transformer learns them at the next retrain, when they join train)."""
+    term = ItemItem.load(folder)
+    if term is None:
+        return None
+    t0 = time.perf_counter()
+    x = sp.csr_matrix(interactions, dtype=np.float32)
+    x.data[:] = 1
+    keep = int(term.params["keep"])
+    rows = strongest_rows(EASE(lam=float(term.params["lam"])).fit(x).weights, keep)
+    params = {**term.params, "refit_interactions": int(x.nnz)}
+    ItemItem(rows, term.weight, term.top_n, term.item_cov, params).save(folder)
+    return {"interactions": int(x.nnz), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 @dataclass
