@@ -6,8 +6,9 @@ std over its seeds on the test split, the strongest baseline per metric (the bes
 the file), and the ratio of the two. ``--write README.md`` replaces the block between the
 ``<!-- quality-table -->`` markers. ``--details docs/model.md`` replaces each
 ``<!-- model-results:<dataset> -->`` block with that dataset's table: the default, the ranker's ablations on
-the same runs, the strongest baselines, and what validation chose per seed. Tests check that both files hold
-what this prints.
+the same runs, the strongest baselines, what validation chose per seed, and the training ablations (other
+variants, their own runs: validation sum against the default's on the same seeds, and test). Tests check
+that both files hold what this prints.
 
     python benchmarks/quality_table.py                    # print the table
     python benchmarks/quality_table.py --write README.md --details docs/model.md  # update both
@@ -132,7 +133,44 @@ def detail(result: dict) -> str:
     per_seed = ", ".join(_f(r["test"]["recall@20"]) for r in runs)
     choices = " · ".join(chosen) or "nothing to choose"
     lines += ["", f"Chosen on validation per seed: {choices}. Test R@20 per seed: {per_seed}."]
+    lines += variant_table(result)
     return "\n".join(lines)
+
+
+def _valid_sum(run: dict) -> float:
+    """The selection score (R@20 + R@40 + N@100 on validation) of one run."""
+    return sum(run["valid"][k] for k in METRICS)
+
+
+def variant_table(result: dict) -> list[str]:
+    """The training ablations of the default (each variant its own runs): validation sum against the
+    default's on the same seeds (what decides), and test. Empty where the file holds no other variant."""
+    default = default_variant(result)
+    by_seed = {r["seed"]: r for r in default["runs"]}
+    others = {n: v for n, v in result["variants"].items() if n != result["default_variant"]}
+    if not others:
+        return []
+    lines = [
+        "",
+        "| training ablation (its own runs) | seeds | valid sum, variant / default (same seeds) | "
+        + " | ".join(f"test {m}" for m in METRICS.values())
+        + " |",
+        "|---" * (3 + len(METRICS)) + "|",
+    ]
+    for name, v in others.items():
+        runs = [r for r in v["runs"] if r["seed"] in by_seed]
+        if not runs:
+            continue
+        mine = sum(_valid_sum(r) for r in runs) / len(runs)
+        base = sum(_valid_sum(by_seed[r["seed"]]) for r in runs) / len(runs)
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        test = v["summary"]["test"]
+        lines.append(
+            f"| {name} | {seeds} | {_f(mine)} / {_f(base)} ({mine / base - 1:+.1%}) | "
+            + " | ".join(_f(test[k]) for k in METRICS)
+            + " |"
+        )
+    return lines
 
 
 def model_results(results_dir: Path = RESULTS) -> dict[str, dict]:

@@ -22,6 +22,7 @@ from benchmarks.quality_table import (  # noqa: E402
     replace_block,
     rows,
     table,
+    variant_table,
 )
 
 
@@ -69,3 +70,30 @@ def test_bad_results_are_named() -> None:
     with pytest.raises(ValueError, match="quality-table"):
         replace_block("no markers here", "| table |")
     assert replace_block(f"a\n{BEGIN}\nold\n{END}\nb", "new") == f"a\n{BEGIN}\nnew\n{END}\nb"
+
+
+def test_training_ablations_compare_validation_on_the_same_seeds() -> None:
+    """A variant with fewer seeds is set against the default's runs of those seeds only."""
+
+    def run(seed: int, valid: float, test: float) -> dict:
+        return {
+            "seed": seed,
+            "valid": dict.fromkeys(("recall@20", "recall@40", "ndcg@100"), valid),
+            "test": dict.fromkeys(("recall@20", "recall@40", "ndcg@100"), test),
+        }
+
+    full = [run(0, 0.10, 0.2), run(1, 0.20, 0.2)]
+    other = [run(1, 0.22, 0.3)]
+    result = {
+        "dataset": {"name": "x"},
+        "default_variant": "full",
+        "variants": {
+            "full": {"overrides": {}, "runs": full},
+            "no_bias": {"overrides": {}, "runs": other, "summary": {"test": other[0]["test"]}},
+        },
+    }
+    lines = variant_table(result)
+    row = next(ln for ln in lines if ln.startswith("| no_bias"))
+    # seed 1 only: .66 against the default's .60 on seed 1 (not its two-seed mean .45)
+    assert row == "| no_bias | 1 | .6600 / .6000 (+10.0%) | .3000 | .3000 | .3000 |"
+    assert variant_table({**result, "variants": {"full": result["variants"]["full"]}}) == []
