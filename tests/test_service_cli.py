@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -35,7 +36,10 @@ def _serve(tmp_path: Path, url: str, prefix: str, *args: str, env: dict | None =
     port = free_port()
     cmd = [sys.executable, "-m", "edgerec.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     full_env = _env(tmp_path, url, prefix) | (env or {})
-    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # its own process group, so _kill also reaches uvicorn's worker processes
+    proc = subprocess.Popen(
+        cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + 90
     while True:
         try:
@@ -44,9 +48,16 @@ def _serve(tmp_path: Path, url: str, prefix: str, *args: str, env: dict | None =
         except httpx.HTTPError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
+            _kill(proc)
             raise AssertionError("serve did not become ready: " + proc.communicate()[0].decode()[-2000:])
         time.sleep(0.3)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the server and every process it started (a failed test must not leave workers behind)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
 
 
 def test_serve_answers_and_stops_cleanly(tmp_path):
@@ -63,8 +74,7 @@ def test_serve_answers_and_stops_cleanly(tmp_path):
         assert b"Application shutdown complete" in out
         assert b'"msg":"serving model"' in out  # structured JSON logs
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill(proc)
         delete_prefix(url, prefix)
 
 
@@ -105,8 +115,7 @@ def test_serve_with_two_workers_merges_their_metrics(tmp_path):
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode in (0, -signal.SIGTERM), out.decode()[-2000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill(proc)
         delete_prefix(url, prefix)
 
 
