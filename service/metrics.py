@@ -46,14 +46,10 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 STAGES = ("cache", "neighbourhood", "prompt", "encode", "search")
 
 
-def multiprocess() -> bool:
-    return bool(os.environ.get(MULTIPROC_ENV))
-
-
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, retrain_status: Path | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self.multiprocess = multiprocess()
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))  # see the module docstring
         self._version: str | None = None  # the version model_info says is served
         r = self.registry
         # read from this process's state when scraped (in multiprocess mode: the answering worker's)

@@ -3,8 +3,9 @@
 The blend grid (``training/recipe/blend.py``) scores about a hundred points ``base + Σ wₚ · boostₚ`` on
 the same validation users. Scoring each point with :func:`training.evaluation.harness.evaluate` repeats
 the base scores' matrix product and a top-k over every item per point; on amazon-sports (18,357 items,
-~35k users, 112 points) that was most of the 40 minutes after training. Here the base scores are computed
-and masked once per batch, and each point ranks only a few hundred candidate items per user.
+~35k users, 112 points) that was about 24 of the 40 minutes after training (docs/benchmarks.md). Here
+the base scores are computed and masked once per batch, and each point ranks only a few hundred candidate
+items per user.
 
 Why that is exact: a boost is ``≥ 0`` and only touches the items it lists. An item that is not in the
 base scores' top k and that no part boosts keeps its base score at every point, while each of the k items
@@ -21,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from inference.ranker import Boost
 from training.evaluation.harness import (
     DEFAULT_KS,
     DEFAULT_NDCG_KS,
@@ -31,14 +33,12 @@ from training.evaluation.harness import (
 )
 from training.evaluation.metrics import (
     MetricAccumulator,
+    hit_metrics,
     mask_items,
     metric_names,
-    ndcg_at_k,
-    recall_at_k,
     topk_items,
 )
 
-Boost = tuple[np.ndarray, np.ndarray]  # (item indices, boosts ≥ 0) of one user
 BoostFn = Callable[[np.ndarray], Mapping[str, Sequence[Boost | None]]]  # users [B] -> part -> per-user boost
 Point = Mapping[str, float]  # part name -> weight; parts are added in this order
 
@@ -82,13 +82,15 @@ def evaluate_boost_grid(
         mask_items(base, mask[batch])  # -inf + a boost stays -inf: masking first is masking last
         boosts = boost_fn(batch)
         cand = _candidates(base, k, boosts)
-        rows = np.arange(len(batch))[:, None]
-        # one padding column past the last item: score -inf, never held out, ranked after every real item
-        base_c = np.hstack([base, np.full((len(batch), 1), -np.inf, base.dtype)])[rows, cand]
-        held = np.zeros((len(batch), n_items + 1), dtype=bool)
+        # padding columns (item index n_items) score -inf, are never held out, and rank after every real item
+        pad = cand == n_items
+        real = np.where(pad, 0, cand)
+        base_c = np.take_along_axis(base, real, axis=1)
+        base_c[pad] = -np.inf
         part = heldout[batch]
+        held = np.zeros((len(batch), n_items), dtype=bool)
         held[np.repeat(np.arange(len(batch)), np.diff(part.indptr)), part.indices] = True
-        held_c = held[rows, cand]
+        held_c = np.take_along_axis(held, real, axis=1) & ~pad
         n_heldout = np.diff(part.indptr)
         cols = {name: _to_columns(cand, found) for name, found in boosts.items()}
         for acc, point in zip(accs, points, strict=True):
@@ -96,9 +98,7 @@ def evaluate_boost_grid(
             for name, weight in point.items():
                 add_boosts(scores, cols[name], weight)
             hits = np.take_along_axis(held_c, topk_items(scores, k), axis=1)
-            found = {f"recall@{x}": recall_at_k(_pad(hits, x), n_heldout, x) for x in ks}
-            found.update({f"ndcg@{x}": ndcg_at_k(_pad(hits, x), n_heldout, x) for x in ndcg_ks})
-            acc.add(found)
+            acc.add(hit_metrics(hits, n_heldout, ks, ndcg_ks))
     return [acc.result() for acc in accs]
 
 
@@ -128,8 +128,3 @@ def _to_columns(cand: np.ndarray, found: Sequence[Boost | None]) -> list[Boost |
     for r, b in enumerate(found):
         out.append(None if b is None or not len(b[0]) else (np.searchsorted(cand[r], b[0]), b[1]))
     return out
-
-
-def _pad(hits: np.ndarray, k: int) -> np.ndarray:
-    """Fewer ranked items than k: the missing ranks hold no hit."""
-    return hits if hits.shape[1] >= k else np.pad(hits, ((0, 0), (0, k - hits.shape[1])))

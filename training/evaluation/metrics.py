@@ -154,10 +154,16 @@ def batch_metrics(
         mask_items(scores, exclude)
     kmax = max([*ks, *ndcg_ks])
     top = topk_items(scores, min(kmax, scores.shape[1]))
-    hits = hit_matrix(top, heldout)
+    return hit_metrics(hit_matrix(top, heldout), np.diff(heldout.tocsr().indptr), ks, ndcg_ks)
+
+
+def hit_metrics(
+    hits: np.ndarray, n_heldout: np.ndarray, ks: Sequence[int], ndcg_ks: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Per-user metrics from the ``[B, ranks]`` hit matrix of a top-k list and each user's held-out count."""
+    kmax = max([*ks, *ndcg_ks])
     if hits.shape[1] < kmax:  # fewer items than k: the missing ranks can hold no hit
         hits = np.pad(hits, ((0, 0), (0, kmax - hits.shape[1])))
-    n_heldout = np.diff(heldout.tocsr().indptr)
     out = {f"recall@{k}": recall_at_k(hits, n_heldout, k) for k in ks}
     out.update({f"ndcg@{k}": ndcg_at_k(hits, n_heldout, k) for k in ndcg_ks})
     return out

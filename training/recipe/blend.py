@@ -82,13 +82,11 @@ def refit_item_item(folder: str | Path, interactions: sp.csr_matrix) -> dict | N
     if term is None:
         return None
     t0 = time.perf_counter()
-    x = sp.csr_matrix(interactions, dtype=np.float32)
-    x.data[:] = 1
-    keep = int(term.params["keep"])
-    rows = strongest_rows(EASE(lam=float(term.params["lam"])).fit(x).weights, keep)
-    params = {**term.params, "refit_interactions": int(x.nnz)}
+    ease = EASE(lam=float(term.params["lam"])).fit(interactions)  # presence only, as in fit_item_item
+    rows = strongest_rows(ease.weights, int(term.params["keep"]))
+    params = {**term.params, "refit_interactions": int(interactions.nnz)}
     ItemItem(rows, term.weight, term.top_n, term.item_cov, params).save(folder)
-    return {"interactions": int(x.nnz), "seconds": round(time.perf_counter() - t0, 1)}
+    return {"interactions": int(interactions.nnz), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 @dataclass
