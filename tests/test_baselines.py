@@ -47,6 +47,14 @@ def test_ease_matches_the_closed_form():
     assert np.allclose(m.score(np.array([1])), x[1].toarray() @ expected, atol=1e-6)
 
 
+def test_fit_reads_counts_as_presence_without_writing_the_callers_matrix():
+    x = _tiny()
+    x.data[:] = 3.0  # e.g. ratings or repeat counts, already float32 CSR
+    m = Pop().fit(x)
+    assert m.score(np.array([0])).tolist() == [[3, 3, 3, 3, 1]]
+    assert (x.data == 3.0).all()
+
+
 def test_ease_float32_path_agrees_with_float64():
     rng = np.random.default_rng(0)
     x = sp.csr_matrix((rng.random((200, 60)) < 0.1).astype(np.float32))

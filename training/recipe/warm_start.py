@@ -107,7 +107,7 @@ def warm_rows(
     """(user table [n_users, D], item table [n_items, D]): the known rows kept, the new ones from their
     neighbours (see the module docstring)."""
     n_bu, n_bi = user_emb.shape[0], item_emb.shape[0]
-    a = sp.csr_matrix(train, dtype=np.float32)
+    a = sp.csr_matrix(train, dtype=np.float32, copy=True)  # never the caller's data
     a.data[:] = 1
     known_u = sp.diags((np.arange(n_users) < n_bu).astype(np.float32))
     known_i = sp.diags((np.arange(n_items) < n_bi).astype(np.float32))

@@ -68,7 +68,8 @@ class Recommender(ABC):
             raise ValueError(f"{self.name}: train must be a scipy sparse users x items matrix")
         if train.nnz == 0:
             raise ValueError(f"{self.name}: train matrix has no interactions")
-        train = sp.csr_matrix(train, dtype=np.float32)
+        # a copy: the caller's matrix (often float32 CSR already, shared otherwise) keeps its values
+        train = sp.csr_matrix(train, dtype=np.float32, copy=True)
         train.data[:] = 1.0  # implicit feedback: presence only
         return train
 
