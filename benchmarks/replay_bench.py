@@ -51,16 +51,34 @@ MODELS = ("frozen", "loop", "ease")
 
 
 # ------------------------------------------------------------------------------------------------ data
-def positive_events(source: Path, threshold: float | None):
+def file_order_time(users) -> np.ndarray:
+    """A time line for data without timestamps whose rows are in time order within each user (the
+    amazon files of ../shared): each event's position in its user's history as a fraction of that history,
+    in units of 1e6 s. Only each user's own order is real, so this serves the per-user split alone; events
+    at the same relative position of different users fall in the same window."""
+    count: dict[str, int] = defaultdict(int)
+    rank = np.empty(len(users), dtype=np.float64)
+    for n, user in enumerate(users):
+        rank[n] = count[user]
+        count[user] += 1
+    size = np.asarray([count[user] for user in users], dtype=np.float64)
+    return rank / size * 1e6
+
+
+def positive_events(source: Path, threshold: float | None, split: str = "per-user"):
     """(users, items, ts) arrays of positive, deduplicated interactions in time order."""
     from training.data.ingest import read_source
 
     raw = read_source(source)
-    if raw.timestamps is None:
-        raise SystemExit(f"{source} has no timestamps: a replay needs a time line")
+    if raw.timestamps is None and split != "per-user":
+        raise SystemExit(f"{source} has no timestamps: a global time cut needs them (--split per-user)")
     u = np.asarray(raw.users, dtype=object)
     i = np.asarray(raw.items, dtype=object)
-    ts = np.asarray(raw.timestamps, dtype=np.float64)
+    if raw.timestamps is None:
+        print(f"{source.name}: no timestamps; each user's file order is their time line", flush=True)
+        ts = file_order_time(u)
+    else:
+        ts = np.asarray(raw.timestamps, dtype=np.float64)
     keep = np.ones(len(u), dtype=bool)
     if raw.ratings is not None and threshold is not None:
         keep &= np.asarray(raw.ratings) > threshold
@@ -274,7 +292,12 @@ def wait_for_swap(client, version: str, users: list[str], timeout_s: float = 60.
 # ------------------------------------------------------------------------------------------------ main
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", type=Path, help="a RecBole-format dataset folder with timestamps")
+    p.add_argument(
+        "source",
+        type=Path,
+        help="a RecBole-format dataset folder: with timestamps, or (per-user split only) rows in time "
+        "order within each user",
+    )
     p.add_argument("--windows", type=int, default=4)
     p.add_argument("--day0-frac", type=float, default=0.6)
     p.add_argument(
@@ -294,6 +317,13 @@ def main() -> None:
     p.add_argument("--day0-epochs", type=int, default=None)
     p.add_argument("--retrain-epochs", type=int, default=2)
     p.add_argument(
+        "--retrain-set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="a TrainConfig field for every retrain's fine-tune (edgerec retrain --set), e.g. lr=5e-5",
+    )
+    p.add_argument(
         "--catalogue",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -310,6 +340,12 @@ def main() -> None:
     args = p.parse_args()
     if not 0 < args.day0_frac < 1 or args.windows < 1:
         raise SystemExit("--day0-frac must be in (0, 1) and --windows >= 1")
+    overrides = {}
+    for item in args.retrain_set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--retrain-set expects KEY=JSON, got {item!r}")
+        overrides[key] = json.loads(value)
 
     import httpx
     import redis
@@ -326,7 +362,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     store_root = root / "models"
     prefix = f"replay-{uuid.uuid4().hex[:8]}"
-    u, i, ts, raw = positive_events(args.source, args.threshold)
+    u, i, ts, raw = positive_events(args.source, args.threshold, args.split)
     u, i, ts, n0 = day0_first(u, i, ts, args.day0_frac, args.split)
     wins = windows_of(n0, len(u), args.windows)
     t_all = time.time()
@@ -405,6 +441,7 @@ def main() -> None:
                     prefix=prefix,
                     shards=args.shards,
                     epochs=args.retrain_epochs,
+                    train_overrides=overrides,
                     echo=lambda s: print(f"  retrain: {s}", flush=True),
                 )
                 row["retrain_seconds"] = round(time.time() - t0, 1)

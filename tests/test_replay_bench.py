@@ -37,3 +37,17 @@ def test_paired_gain_is_exact_for_a_uniform_lift_and_wide_for_noise() -> None:
 def test_paired_gain_refuses_unpaired_or_empty_input() -> None:
     for a, b in (([1.0], [1.0, 2.0]), ([], []), ([1.0], [0.0])):
         assert all(math.isnan(v) for v in paired_gain(a, b).values())
+
+
+def test_file_order_time_is_each_users_relative_position() -> None:
+    from benchmarks.replay_bench import day0_first, file_order_time
+
+    users = np.asarray(["a", "b", "a", "a", "b", "a"], dtype=object)
+    ts = file_order_time(users)
+    assert ts.tolist() == [0.0, 0.0, 0.25e6, 0.5e6, 0.5e6, 0.75e6]
+    # sorted by it, each user's own order is kept, and the per-user day 0 takes each user's first half
+    order = np.argsort(ts, kind="stable")
+    items = np.arange(6)[order]
+    u, i, _, n0 = day0_first(users[order], items, ts[order], 0.5, "per-user")
+    assert n0 == 3 and sorted(i[:n0].tolist()) == [0, 1, 2]
+    assert [x for x in i[n0:].tolist()] == [3, 4, 5]
