@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from redis_procs import RedisProc  # noqa: E402
 
 from benchmarks.load_bench import (  # noqa: E402
     delta_stats,
@@ -208,51 +210,16 @@ def summarize(windows: list[dict], events: list[dict], duration_s: float) -> dic
 
 
 # ------------------------------------------------------------------------------------------- processes
-class RedisServer:
-    """The bench's redis-server: AOF with fsync before each reply (as ``service/embedded_redis.py``), on a
-    fixed port and data folder, so a restart after SIGKILL finds the same data at the same address."""
+class RedisServer(RedisProc):
+    """The bench's redis-server: the tests' ``RedisProc`` (AOF with fsync before each reply, as
+    ``service/embedded_redis.py``) on a fixed port and data folder, so a restart after SIGKILL finds the same
+    data at the same address."""
 
-    def __init__(self, data_dir: Path, port: int) -> None:
-        self.data_dir, self.port = data_dir, port
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 60.0) -> float:
+    def start_timed(self, timeout_s: float = 60.0) -> float:
         """Start it and return the seconds until it answers PING (AOF loaded)."""
-        import redis
-
-        from service.embedded_redis import server_binary
-
-        cmd = [
-            server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-            "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-            "--logfile", str(self.data_dir / "redis.log"),
-        ]  # fmt: skip
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while time.monotonic() - t0 < timeout_s:
-            try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
-                return time.monotonic() - t0
-            except redis.RedisError:  # not listening yet, or loading the AOF
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not start; see {self.data_dir}/redis.log")
-
-    def kill(self) -> None:
-        """SIGKILL, as in a crash: no shutdown, no final AOF rewrite."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.start(timeout_s)
+        return time.monotonic() - t0
 
     def info(self) -> dict:
         """``used_memory`` (MiB), keys and the interaction streams' entries; {} while it is down."""
@@ -373,7 +340,7 @@ class Events(threading.Thread):
             ev = {"event": "redis restart", "t_s": round(self.now(), 1), "down_s": self.down_s}
             self.redis.kill()
             time.sleep(self.down_s)
-            ev["aof_load_s"] = round(self.redis.start(), 2)
+            ev["aof_load_s"] = round(self.redis.start_timed(), 2)
             self.say(ev)
         except BaseException as exc:  # noqa: BLE001 (reported by the main thread)
             self.error = exc
@@ -458,7 +425,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgerec-soak-"))
     users_file, items_file = prepare_inputs(work, vdir, store.path(version_b))
     (work / "redis").mkdir()
-    redis_server = RedisServer(work / "redis", free_port())
+    redis_server = RedisServer(work / "redis", port=free_port())
     port = free_port()
     env, dropped = service_env(args, work, port, redis_server.port)
     log_path = work / "service.log"
@@ -495,7 +462,7 @@ def main() -> None:
     )
     svc, windows, events, ok = None, [], None, False
     try:
-        redis_server.start()
+        redis_server.start_timed()
         edgerec = shutil.which("edgerec", path=str(Path(sys.executable).parent)) or "edgerec"
         svc = start_process([edgerec, "serve"], env, log_path, cwd=work)
         wait_ready(f"{base}/readyz")

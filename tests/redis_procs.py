@@ -12,7 +12,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import redis
 from redis.cluster import RedisCluster
 
@@ -25,6 +24,8 @@ def server_binary_or_skip() -> str:
     try:
         return shutil.which("redis-server") or server_binary()
     except RuntimeError as exc:
+        import pytest  # here only: benchmarks/soak_bench.py runs RedisProc outside pytest
+
         pytest.skip(str(exc))
 
 
@@ -131,6 +132,8 @@ class RedisClusterProcs:
     def start(self) -> RedisClusterProcs:
         cli = shutil.which("redis-cli")
         if cli is None:
+            import pytest
+
             pytest.skip("no redis-cli on PATH (it creates the test cluster)")
         for node in self.nodes:
             node.start()
