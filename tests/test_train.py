@@ -85,6 +85,19 @@ def test_end_to_end_beats_popularity(office_slice: Path, tmp_path: Path) -> None
     assert ab["no_prior"]["weight"] == best_point(grid, beta=0.0)["weight"]
     assert set(ab["transformer_only"]["test"]) >= {"recall@20", "recall@40", "ndcg@100"}
     assert "test_without" not in metrics["prior"]  # one place for each ablation: "ablations"
+    # the ablations' test figures (one pass over stored parts) are what the served scoring path gives
+    from training.data.dataset import PreparedDataset
+    from training.evaluation.harness import evaluate
+    from training.recipe.finetune import PredictiveData, score_users
+
+    model, builder = load_run(tmp_path / "run")
+    fdata = PredictiveData(builder, builder.graph, cfg.seed, cfg.target_frac, 1)
+    ds = PreparedDataset.load(office_slice)
+    for name in ("transformer_only", "no_item_item"):
+        model.set_prior(ab[name].get("beta", 0.0))
+        want = evaluate(lambda us: score_users(model, fdata, us, torch.device("cpu")), ds, "test")
+        for k in ("recall@20", "recall@40", "ndcg@100"):
+            assert ab[name]["test"][k] == pytest.approx(want[k], abs=2e-3), (name, k)
     files = ["model.safetensors", "model_config.json", "prompt_config.json", "tokenizer.json", "metrics.json"]
     for f in [*files, "losses.png", "valid.png", "graph"]:
         assert (tmp_path / "run" / f).exists(), f

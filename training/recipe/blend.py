@@ -12,7 +12,8 @@ the checkpoint criterion (R@20 + R@40 + N@100 on the validation users fine-tunin
 read co-occurrence, so the best ``β`` with the term is not the best without it, and the best cut differs by
 dataset (the committed runs chose 20 on office, 100 or 300 on beauty). One encoder pass scores the
 users (at ``β`` = 1); every grid point is then ``h·E + β·prior + w·term`` on those stored parts, all
-scored in one pass over the users (``training.evaluation.boost_grid``). The grid
+scored in one pass over the users (``training.evaluation.boost_grid``); the test step scores its ablations
+the same way (:func:`score_blend_points`). The grid
 holds 0 on both weight axes, so a part that does not pay on validation is switched off; the test split is
 never looked at.
 """
@@ -33,7 +34,7 @@ from inference.ranker import Boost, candidate_boosts
 from training.evaluation.baselines.base import selection_score
 from training.evaluation.baselines.ease import EASE
 from training.evaluation.boost_grid import evaluate_boost_grid
-from training.evaluation.harness import evaluate
+from training.evaluation.harness import evaluate, scored_users
 from training.recipe.finetune import to_tensors
 
 
@@ -126,6 +127,44 @@ def best_point(grid: list[dict], **fixed: float) -> dict | None:
     return max(points, key=selection_score) if points else None
 
 
+def score_blend_points(
+    model,
+    fdata,
+    data,
+    terms: dict[int, ItemItem],
+    points: list[tuple[float, int | None, float]],
+    split: str,
+    device: torch.device,
+    batch: int,
+    users: np.ndarray | None = None,
+) -> list[dict]:
+    """``split``'s metrics at each point ``(β, keep, w)``: the transformer's scores plus β · the prior plus
+    w · ``terms[keep]`` (keep None: no term), from one encoder pass over the split's users (the prompts are
+    the same for every split). Leaves the model's prior weight at 1; callers set the one they serve."""
+    users = scored_users(getattr(data, split).tocsr(), users)
+    parts = _score_parts(model, fdata, users, device, batch)
+    used = sorted({k for _, k, w in points if k is not None and w > 0})
+    hist = [fdata.g.user_items(int(u)) for u in users] if used else []
+    term_parts = {k: terms[k].boosts(parts.vectors, hist, weight=1.0) for k in used}
+    table = model.item_emb.weight.detach().float().cpu().numpy()
+
+    def rows_of(us: np.ndarray) -> list[int]:
+        return [parts.row_of[int(u)] for u in us]
+
+    def base(us: np.ndarray) -> np.ndarray:
+        return parts.vectors[rows_of(us)] @ table.T
+
+    def boosts(us: np.ndarray) -> dict[str, list[Boost | None]]:
+        rows = rows_of(us)
+        return {"prior": [parts.prior[r] for r in rows]} | {
+            f"term@{k}": [found[r] for r in rows] for k, found in term_parts.items()
+        }
+
+    # the prior is added before the term, as the served ranker adds them
+    weights = [{"prior": b} | ({f"term@{k}": w} if k is not None and w > 0 else {}) for b, k, w in points]
+    return evaluate_boost_grid(base, boosts, weights, data, split, users)
+
+
 def fit_blend(
     model,
     fdata,
@@ -141,35 +180,16 @@ def fit_blend(
     """Choose (row cut, β, w) on validation; sets β on ``model``; returns the record for ``metrics.json``
     (the choice and every grid point's validation metrics) and the chosen term (``item_item`` cut to the
     chosen ``keep`` from ``keeps``, with its weight set)."""
-    if users is None:
-        users = np.flatnonzero(np.diff(data.valid.tocsr().indptr) > 0)
     betas = prior_grid if model.cfg.candidate_prior else [0.0]
     terms = {}
     if item_item is not None:
         for keep in sorted(set(keeps or [int(item_item.params["keep"])])):
             terms[keep] = item_item if keep == item_item.params["keep"] else item_item.cut(keep)
-    parts = _score_parts(model, fdata, users, device, batch)
-    term_parts = {}
-    if terms:
-        hist = [fdata.g.user_items(int(u)) for u in users]
-        term_parts = {k: t.boosts(parts.vectors, hist, weight=1.0) for k, t in terms.items()}
-    table = model.item_emb.weight.detach().float().cpu().numpy()
     # w = 0 is the same point for every cut: scored once per β (and always where there is no term)
     points = [(b, None, 0.0) for b in betas] if not terms or 0.0 in item_item_grid else []
     points += [(b, k, w) for b in betas for k in terms for w in item_item_grid if w > 0]
-
-    def base(us: np.ndarray) -> np.ndarray:
-        return parts.vectors[[parts.row_of[int(u)] for u in us]] @ table.T
-
-    def boosts(us: np.ndarray) -> dict[str, list[Boost | None]]:
-        rows = [parts.row_of[int(u)] for u in us]
-        return {"prior": [parts.prior[r] for r in rows]} | {
-            f"term@{k}": [found[r] for r in rows] for k, found in term_parts.items()
-        }
-
-    # the prior is added before the term, as the served ranker adds them
-    weights = [{"prior": b} | ({f"term@{k}": w} if k is not None else {}) for b, k, w in points]
-    grid = dict(zip(points, evaluate_boost_grid(base, boosts, weights, data, "valid", users), strict=True))
+    found = score_blend_points(model, fdata, data, terms, points, "valid", device, batch, users)
+    grid = dict(zip(points, found, strict=True))
     beta, keep, w = max(grid, key=lambda p: selection_score(grid[p]))
     if model.cfg.candidate_prior:
         model.set_prior(beta)

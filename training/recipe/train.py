@@ -39,7 +39,7 @@ from training.data.sources import edgerec_home, load_dataset
 from training.evaluation.baselines.base import selection_score
 from training.evaluation.harness import evaluate
 from training.recipe import loop
-from training.recipe.blend import best_point, fit_blend, fit_item_item
+from training.recipe.blend import best_point, fit_blend, fit_item_item, score_blend_points
 from training.recipe.finetune import PredictiveData, score_users, targets_matrix, to_tensors
 from training.recipe.pretrain import PretrainData
 
@@ -581,34 +581,28 @@ def test(run: Run) -> dict:
     full_valid = score("valid", item_item)
     test_m = score("test", item_item)
     if blend is not None:
-        set_prior = m.set_prior if m.cfg.candidate_prior else (lambda _beta: None)
-        chosen = (blend["beta"], blend["keep"], blend["weight"])
-
-        def test_at(point: dict) -> dict:
-            """Test metrics of a blend grid point (the chosen point's are ``test_m``)."""
-            if (point["beta"], point["keep"], point["weight"]) == chosen:
-                return test_m
-            at = None
-            if point["weight"] > 0:  # a copy (cut): the chosen term may be ``uncut`` itself
-                at = uncut.cut(point["keep"])
-                at.weight = float(point["weight"])
-            set_prior(point["beta"])
-            try:
-                return score("test", at)
-            finally:
-                set_prior(blend["beta"])
-
         # Ablations of the ranker's parts on the same weights: each part off, the other re-chosen on the
-        # same validation grid (what the recipe would have picked without it), then scored on test.
+        # same validation grid (what the recipe would have picked without it), then scored on test; the
+        # points other than the chosen one (``test_m``) in one encoder pass (``score_blend_points``).
+        chosen = (blend["beta"], blend["keep"], blend["weight"])
         off = {"beta": 0.0, "keep": None, "weight": 0.0}
-        ablations["transformer_only"] = {"test": test_at(off)}
+        named = {"transformer_only": off}
         parts = [("no_item_item", {"weight": 0.0})] if uncut is not None else []
         if uncut is not None and m.cfg.candidate_prior:
             parts.append(("no_prior", {"beta": 0.0}))
         for name, fixed in parts:
             point = best_point(blend["grid"], **fixed)
             if point is not None:
-                ablations[name] = {k: point[k] for k in off} | {"test": test_at(point)}
+                named[name] = {k: point[k] for k in off}
+        todo = sorted({(p["beta"], p["keep"], p["weight"]) for p in named.values()} - {chosen}, key=str)
+        terms = {k: uncut.cut(k) for _, k, w in todo if k is not None and w > 0} if uncut else {}
+        found = score_blend_points(m, fdata, run.data, terms, todo, "test", d.device, cfg.eval_batch)
+        if m.cfg.candidate_prior:
+            m.set_prior(blend["beta"])
+        at = dict(zip(todo, found, strict=True)) | {chosen: test_m}
+        for name, point in named.items():
+            extra = {} if name == "transformer_only" else point
+            ablations[name] = extra | {"test": at[(point["beta"], point["keep"], point["weight"])]}
         # what each part adds on test is in "ablations" (once: no copies under "prior" / "item_item")
         if m.cfg.candidate_prior:
             prior = {"beta": blend["beta"]}
