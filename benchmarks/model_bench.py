@@ -25,6 +25,9 @@ Variants (TrainConfig overrides on top of the defaults and ``--set``):
   variants12        12 held-out splits per user instead of 4 (more augmentation, more BFS at the start)
   held_out_targets  fine-tuning loss on the held-out items only (the paper's form) instead of every train item
   no_neighbourhood_no_bias   both of the above ablations at once
+  soup              checkpoint soup of up to 4 best epochs, kept where validation prefers it
+                    (training/recipe/soup.py; metrics.json "soup" records the tries)
+  no_bias_soup      no_bias and soup at once
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ VARIANTS: dict[str, dict] = {
     "held_out_targets": {"all_train_targets": False},
 }
 VARIANTS["no_neighbourhood_no_bias"] = {**VARIANTS["no_neighbourhood"], "bias": {"enabled": False}}
+VARIANTS["soup"] = {"soup_size": 4}
+VARIANTS["no_bias_soup"] = {**VARIANTS["no_bias"], **VARIANTS["soup"]}
 
 
 def _default_recipe() -> str:

@@ -107,6 +107,26 @@ def test_end_to_end_beats_popularity(office_slice: Path, tmp_path: Path) -> None
     assert vec.shape == (1, model.cfg.n_embd)
 
 
+def test_a_run_tests_the_soup_validation_chose(office_slice: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from training.recipe import soup
+    from training.recipe.train import train
+
+    torch.set_num_threads(1)
+    metrics = train(
+        _cfg(office_slice, tmp_path / "run", epochs=4, patience=4, lr=3e-3, soup_size=3), quiet=True
+    )
+    rec = metrics["soup"]
+    assert len(rec["kept"]) == 3 and rec["members"][0] == rec["kept"][0]["epoch"]
+    assert len(rec["tries"]) == 2 and all(t["joined"] == (t["epoch"] in rec["members"]) for t in rec["tries"])
+    stage = tmp_path / "run" / "finetune"
+    assert len(list((stage / soup.SOUP_DIR).glob("epoch-*.safetensors"))) == 3
+    served = load_file(str(tmp_path / "run" / "model.safetensors"))["item_emb.weight"]
+    used = load_file(str(soup.soup_weights(stage) or stage / "best.safetensors"))["item_emb.weight"]
+    assert torch.equal(served, used) and (soup.soup_weights(stage) is not None) == (len(rec["members"]) > 1)
+
+
 def test_resume_matches_uninterrupted(office_slice: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

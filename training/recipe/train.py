@@ -38,7 +38,7 @@ from training.data.dataset import PreparedDataset
 from training.data.sources import edgerec_home, load_dataset
 from training.evaluation.baselines.base import selection_score
 from training.evaluation.harness import evaluate
-from training.recipe import loop
+from training.recipe import loop, soup
 from training.recipe.blend import best_point, fit_blend, fit_item_item, score_blend_points
 from training.recipe.finetune import PredictiveData, score_users, targets_matrix, to_tensors
 from training.recipe.pretrain import PretrainData
@@ -98,6 +98,9 @@ class TrainConfig:
     target_variants: int = 4
     all_train_targets: bool = True  # predict every train item, visible ones too (denoising; reference code)
     patience: int = 5
+    # checkpoint soup (training/recipe/soup.py): average up to this many of the best epochs where validation
+    # prefers it to the best epoch alone; 0 or 1: the best epoch's weights
+    soup_size: int = 0
     weight_decay: float = 0.0
     eval_batch: int = 256
     max_eval_users: int | None = None  # validation on a fixed subset (quick runs); test always uses all users
@@ -486,6 +489,8 @@ def finetune(run: Run, quiet: bool = False) -> dict:
                 m.save(stage_dir, "best.safetensors")
             else:
                 state["bad"] += 1
+            if cfg.soup_size > 1:
+                soup.keep_epoch(stage_dir, m, state, epoch, score, cfg.soup_size)
             state["epoch"] = epoch
             run.log.write(
                 event="epoch",
@@ -507,7 +512,25 @@ def finetune(run: Run, quiet: bool = False) -> dict:
                     + (" *" if improved else "")
                 )
             loop.save_checkpoint(stage_dir / "ckpt", m, opt, state)
+            if cfg.soup_size > 1:
+                soup.prune(stage_dir, state)
         state = _broadcast(state, d)
+    if d.main and cfg.soup_size > 1:
+        _load_weights(m, stage_dir / "best.safetensors")
+        record = soup.make_soup(
+            stage_dir,
+            m,
+            state,
+            lambda: selection_score(
+                evaluate(
+                    lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch),
+                    run.data,
+                    "valid",
+                    users=val_users,
+                )
+            ),
+        )
+        run.log.write(event="soup", **record)
     return state
 
 
@@ -538,7 +561,9 @@ def test(run: Run) -> dict:
     best = run.dir / "finetune" / "best.safetensors"
     if not best.exists():
         raise FileNotFoundError(f"{best} is missing: fine-tuning did not finish an epoch")
-    _load_weights(m, best)
+    # the checkpoint soup where this run made one (validation preferred it), else the best epoch
+    chosen_weights = soup.soup_weights(run.dir / "finetune") if cfg.soup_size > 1 else None
+    _load_weights(m, chosen_weights or best)
     fdata = run.predictive or PredictiveData(run.builder, run.graph, cfg.seed, cfg.target_frac, 1)
     state = json.loads((run.dir / "finetune" / "ckpt" / "state.json").read_text())
 
@@ -619,6 +644,7 @@ def test(run: Run) -> dict:
         "valid": full_valid,
         "test": test_m,
         "best_epoch": state["best_epoch"],
+        "soup": soup.record(run.dir / "finetune") if cfg.soup_size > 1 else None,
         "prior": prior,
         "item_item": term,
         "blend_grid": blend["grid"] if blend is not None else None,
