@@ -621,7 +621,9 @@ def test(run: Run) -> dict:
                 named[name] = {k: point[k] for k in off}
         todo = sorted({(p["beta"], p["keep"], p["weight"]) for p in named.values()} - {chosen}, key=str)
         terms = {k: uncut.cut(k) for _, k, w in todo if k is not None and w > 0} if uncut else {}
-        found = score_blend_points(m, fdata, run.data, terms, todo, "test", d.device, cfg.eval_batch)
+        found = []
+        if todo:  # every ablation may fall on the chosen point
+            found = score_blend_points(m, fdata, run.data, terms, todo, "test", d.device, cfg.eval_batch)
         if m.cfg.candidate_prior:
             m.set_prior(blend["beta"])
         at = dict(zip(todo, found, strict=True)) | {chosen: test_m}
