@@ -460,6 +460,7 @@ def main() -> None:
         "command": "python benchmarks/replay_bench.py " + " ".join(sys.argv[1:]),
         "dataset": args.source.name,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "time_line": "timestamps" if raw.timestamps is not None else "file order within each user",
         "day0_interactions": n0,
         "day0_train_seconds": round(day0_seconds, 1),
         "total_seconds": round(time.time() - t_all, 1),
@@ -480,6 +481,14 @@ def write(report: dict, args) -> None:
         "",
         f"`{report['command']}`",
         "",
+    ]
+    if report.get("time_line", "timestamps") != "timestamps":
+        lines += [
+            "The data has no timestamps: each user's time line is their rows' order in the file; windows cut "
+            "every user's tail at the same fractions of their history (`file_order_time`).",
+            "",
+        ]
+    lines += [
         f"| window | interactions | users scored | frozen R@{k} | loop R@{k} | EASE R@{k} | frozen N@{k} | "
         f"loop N@{k} | EASE N@{k} | fed (left out) | new items added | retrain s | gate | "
         "swap s (failed requests) |",
