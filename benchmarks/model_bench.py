@@ -68,15 +68,29 @@ VARIANTS["soup"] = {"soup_size": 4}
 VARIANTS["no_bias_soup"] = {**VARIANTS["no_bias"], **VARIANTS["soup"]}
 
 
+# TrainConfig fields added later, with the value at which the recipe is what it was before them: at that
+# value they leave the hash (and so the committed results' "full") unchanged.
+ADDED_OFF = {"soup_size": 0}
+
+
 def _default_recipe() -> str:
     """A short hash of TrainConfig's defaults: what "full" meant when the file was written."""
-    import hashlib
-
     from training.recipe.train import TrainConfig
 
-    fields = TrainConfig(dataset="").to_dict()
+    return recipe_hash(TrainConfig(dataset=""))
+
+
+def recipe_hash(cfg) -> str:
+    """A short hash of a TrainConfig's recipe fields (not the dataset, run folder or seed)."""
+    import hashlib
+
+    fields = cfg.to_dict()
     for key in ("dataset", "run_dir", "seed"):
         fields.pop(key, None)
+    # knobs added after results were recorded, at the value that leaves the recipe as it was
+    for key, off in ADDED_OFF.items():
+        if fields.get(key) == off:
+            fields.pop(key)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
