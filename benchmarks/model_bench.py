@@ -94,6 +94,46 @@ def recipe_hash(cfg) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def rebase(doc: dict, variant: str, old_default: dict, old_full_as: str) -> dict:
+    """A results file made under an earlier default recipe, re-expressed against today's when one of its
+    variants *is* today's default: that variant's runs become ``full``; the old ``full`` becomes
+    ``old_full_as`` with ``old_default`` as its overrides (what turns today's default into the old one); every
+    other variant W becomes ``old_full_as+W`` with the overrides that give its runs' config today. No run's
+    figures change. Both claims are checked by recipe hash, so a wrong ``old_default`` or ``variant`` is
+    refused (ValueError)."""
+    from training.recipe.train import TrainConfig
+
+    today = TrainConfig(dataset="").to_dict()
+
+    def hash_of(overrides: dict) -> str:
+        return recipe_hash(TrainConfig.from_dict(_merge(today, overrides)))
+
+    now = _default_recipe()
+    if doc.get("default_recipe") == now:
+        raise ValueError("the file is already of today's default recipe: nothing to rebase")
+    if doc.get("common_overrides"):
+        raise ValueError("a file with common overrides (--set) cannot be rebased")
+    if variant not in doc["variants"] or old_full_as in doc["variants"]:
+        raise ValueError(f"need variant {variant!r} in the file and no variant named {old_full_as!r}")
+    if hash_of(old_default) != doc["default_recipe"]:
+        raise ValueError(
+            f"today's default with {old_default} is not the file's default recipe ({doc['default_recipe']})"
+        )
+    if hash_of(_merge(old_default, doc["variants"][variant]["overrides"])) != now:
+        raise ValueError(f"{variant!r} on the file's default is not today's default recipe")
+    variants = {}
+    for name, v in doc["variants"].items():
+        if name == variant:
+            variants["full"] = {**v, "overrides": {}}
+        elif name == "full":
+            variants[old_full_as] = {**v, "overrides": old_default}
+        else:
+            variants[f"{old_full_as}+{name}"] = {**v, "overrides": _merge(old_default, v["overrides"])}
+    variants = {"full": variants.pop("full"), **variants}
+    record = {"from_recipe": doc["default_recipe"], "variant": variant, "old_full_as": old_full_as}
+    return {**doc, "default_recipe": now, "variants": variants, "rebased": [*doc.get("rebased", []), record]}
+
+
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
@@ -345,6 +385,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--throughput", action="store_true", help="only the synthetic tokens/s measurement")
     ap.add_argument("--length", type=int, default=48, help="prompt length of the --throughput batches")
     ap.add_argument("--only-finished", action="store_true", help="tabulate finished runs, train nothing")
+    ap.add_argument(
+        "--rebase",
+        metavar="VARIANT",
+        help="the default recipe changed to what VARIANT was: rewrite the results file so its runs are "
+        "`full` (needs --old-default and --old-full-as; trains nothing)",
+    )
+    ap.add_argument(
+        "--old-default",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="with --rebase: the TrainConfig fields that turn today's default into the file's old one",
+    )
+    ap.add_argument("--old-full-as", help="with --rebase: the name the old default's runs get")
     args = ap.parse_args(argv)
     variants = dict(VARIANTS)
     for item in args.extra:
@@ -385,6 +439,25 @@ def main(argv: list[str] | None = None) -> None:
     from training.data.sources import load_dataset
 
     ds = load_dataset(args.dataset)
+    if args.rebase:
+        stem = Path(args.out) / f"model-{ds.name}"
+        if not args.old_full_as or not args.old_default:
+            ap.error("--rebase needs --old-default KEY=JSON and --old-full-as NAME")
+        old_default: dict = {}
+        for item in args.old_default:
+            k, _, v = item.partition("=")
+            old_default = _merge(old_default, {k: json.loads(v)})
+        try:
+            doc = rebase(
+                json.loads(stem.with_suffix(".json").read_text()), args.rebase, old_default, args.old_full_as
+            )
+        except (OSError, ValueError) as e:
+            ap.error(f"--rebase: {e}")
+        stem.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+        write_markdown(doc, stem.with_suffix(".md"))
+        plot(doc, stem.with_suffix(".png"))
+        print(stem.with_suffix(".md").read_text())
+        return
     common: dict = {}
     for item in args.overrides:
         k, _, v = item.partition("=")

@@ -34,3 +34,30 @@ def test_a_knob_added_off_leaves_the_recipe_and_turned_on_changes_it() -> None:
     )
     assert recipe_hash(TrainConfig(dataset="", soup_size=4)) != _default_recipe()
     assert recipe_hash(TrainConfig(dataset="", lr=3e-4)) != _default_recipe()
+
+
+def test_rebase_makes_the_variant_that_is_todays_default_full() -> None:
+    from benchmarks.model_bench import rebase
+    from training.recipe.train import TrainConfig
+
+    old_default = {"lr": 3e-4}  # the file's default had lr 3e-4; its "low_lr" variant is today's default
+    old_hash = recipe_hash(TrainConfig(dataset="", lr=3e-4))
+    runs = {
+        name: {"overrides": o, "runs": [{"seed": 0, "name": name}], "summary": {}}
+        for name, o in (("full", {}), ("low_lr", {"lr": 1e-4}), ("short", {"epochs": 3}))
+    }
+    doc = {"default_recipe": old_hash, "common_overrides": {}, "variants": runs}
+    new = rebase(doc, "low_lr", old_default, "lr3e-4")
+    assert new["default_recipe"] == _default_recipe() and list(new["variants"])[0] == "full"
+    assert new["variants"]["full"] == {**runs["low_lr"], "overrides": {}}
+    assert new["variants"]["lr3e-4"]["overrides"] == {"lr": 3e-4}
+    assert new["variants"]["lr3e-4"]["runs"] == runs["full"]["runs"]
+    assert new["variants"]["lr3e-4+short"]["overrides"] == {"lr": 3e-4, "epochs": 3}
+    assert new["rebased"] == [{"from_recipe": old_hash, "variant": "low_lr", "old_full_as": "lr3e-4"}]
+    # a wrong account of the old default, or a variant that is not today's default, is refused
+    with pytest.raises(ValueError, match="not the file's default recipe"):
+        rebase(doc, "low_lr", {"lr": 1e-3}, "lr3e-4")
+    with pytest.raises(ValueError, match="not today's default recipe"):
+        rebase(doc, "short", old_default, "lr3e-4")
+    with pytest.raises(ValueError, match="already of today's"):
+        rebase(new, "full", old_default, "x")
