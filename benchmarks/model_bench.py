@@ -216,6 +216,11 @@ def write_markdown(result: dict, path: Path) -> None:
             if result.get("kept_from_earlier")
             else []
         ),
+        *(
+            f"The default recipe became what `{r['variant']}` was (recipe {r['from_recipe']} before): its "
+            f"runs are `full`, the old default's `{r['old_full_as']}` (`--rebase`; no figure changed).  "
+            for r in result.get("rebased", [])
+        ),
         f"Seeds: {result['seeds']}; test metrics are means over seeds (± std); checkpoints chosen on "
         "validation R@20 + R@40 + N@100.",
         "",
