@@ -283,7 +283,7 @@ def check_service(result: dict, store: Path, args, held: list[str], work: Path, 
     """PUT every held-out item through a real service; compare sample answers with the offline path."""
     import httpx
 
-    from inference.item_text import TEXT_FIELDS
+    from service.schemas import item_write_body
 
     chk = result.pop("_check")
     _, meta = raw_rows(args.source)
@@ -310,8 +310,7 @@ def check_service(result: dict, store: Path, args, held: list[str], work: Path, 
             probe_user, probe_item, probe_rank = chk["probe"] or (None, None, None)
             order = [probe_item] + [it for it in held if it != probe_item] if probe_item else held
             for n, it in enumerate(order):
-                body = {f: meta[it][f] for f in TEXT_FIELDS if meta.get(it, {}).get(f)}
-                body.setdefault("title", it)
+                body = item_write_body(it, meta.get(it, {}))
                 t0 = time.perf_counter()
                 r = c.put(f"/items/{it}", json=body)
                 r.raise_for_status()

@@ -233,15 +233,13 @@ def add_new_items(client, items, catalog: set[str], texts: dict[str, dict[str, s
     """``PUT /items/{id}`` (text only) for the window's items that neither the served version nor the
     catalogue has yet: a shop lists a product before anyone buys it. Adds them to ``catalog``; returns how
     many were added."""
-    from inference.item_text import TEXT_FIELDS
+    from service.schemas import item_write_body
 
     added = 0
     for item in dict.fromkeys(items):
         if item in catalog:
             continue
-        fields = texts.get(item, {})
-        body = {f: fields[f] for f in TEXT_FIELDS if fields.get(f)}
-        body.setdefault("title", item)
+        body = item_write_body(item, texts.get(item, {}))
         resp = client.put(f"/items/{item}", json=body, headers={"X-API-Key": KEY})
         if resp.status_code not in (200, 201):
             raise SystemExit(f"PUT /items/{item}: {resp.status_code} {resp.text[:300]}")

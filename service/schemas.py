@@ -207,21 +207,44 @@ def _text(max_length: int) -> Any:
     return Annotated[str, StringConstraints(max_length=max_length), AfterValidator(_no_surrogates)]
 
 
+# The longest text an item write accepts, per field (characters).
+ITEM_TEXT_LIMITS = {"title": 500, "brand": 200, "categories": 1000, "description": 5000}
+
+
 class ItemWrite(_Strict):
     """An item's text, as ingestion reads it from a dataset (title, brand, categories, description)."""
 
     title: Annotated[
         str,
-        StringConstraints(min_length=1, max_length=500),
+        StringConstraints(min_length=1, max_length=ITEM_TEXT_LIMITS["title"]),
         AfterValidator(_no_surrogates),
         AfterValidator(_not_blank),
-    ] = Field(description="Required, 1-500 characters, not blank.")
-    brand: _text(200) | None = Field(None, description="Up to 200 characters.")
-    categories: _text(1000) | None = Field(
-        None, description="Up to 1000 characters, e.g. `Office Products; Paper; Notebooks`."
+    ] = Field(description=f"Required, 1-{ITEM_TEXT_LIMITS['title']} characters, not blank.")
+    brand: _text(ITEM_TEXT_LIMITS["brand"]) | None = Field(
+        None, description=f"Up to {ITEM_TEXT_LIMITS['brand']} characters."
     )
-    description: _text(5000) | None = Field(None, description="Up to 5000 characters.")
+    categories: _text(ITEM_TEXT_LIMITS["categories"]) | None = Field(
+        None,
+        description=f"Up to {ITEM_TEXT_LIMITS['categories']} characters, e.g. "
+        "`Office Products; Paper; Notebooks`.",
+    )
+    description: _text(ITEM_TEXT_LIMITS["description"]) | None = Field(
+        None, description=f"Up to {ITEM_TEXT_LIMITS['description']} characters."
+    )
     available: bool = Field(True, description="False withdraws the item (as DELETE does).")
+
+
+def item_write_body(item_id: str, text: dict[str, str]) -> dict[str, str]:
+    """A ``PUT /items/{id}`` body from a dataset's item text (``inference.item_text.TEXT_FIELDS``): empty
+    fields left out, each field cut to :data:`ITEM_TEXT_LIMITS` (the service refuses longer ones with a
+    422), the title falling back to the id."""
+    body = {}
+    for name, limit in ITEM_TEXT_LIMITS.items():
+        value = (text.get(name) or "").strip()
+        if value:
+            body[name] = value[:limit]
+    body.setdefault("title", item_id[: ITEM_TEXT_LIMITS["title"]])
+    return body
 
 
 class ItemWriteResponse(BaseModel):
