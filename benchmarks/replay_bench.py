@@ -9,11 +9,13 @@ Protocol (one process, a real Redis, the real service over HTTP):
 2. Day 0: prepared (k-core, temporal leave-last-out split), trained with ``edgerec train``'s recipe, exported,
    published and promoted: the **frozen** model.
 3. The service (``service.main.create_app``, uvicorn) serves that store with the given Redis.
-4. For each window w: score window w for every user who has interacted before it (targets: the user's window-w
-   items not seen before; history: everything before it) with the frozen version, the **loop**'s current
-   version (store CURRENT) and **EASE** refitted on all interactions before w; then feed window w through
-   ``POST /users/{id}/interactions`` (one request per user, with timestamps) and run ``edgerec retrain``
-   (``edgerec.retrain.retrain``: read the stream, snapshot, warm-start, gate, publish/promote).
+4. For each window w: score window w for every user the service holds interactions of before it (targets:
+   the user's window-w items not seen before; history: what the service holds, i.e. day 0 as prepared, so
+   the events its k-core filter dropped are in no model, plus the windows fed) with the frozen version, the
+   **loop**'s current version (store CURRENT) and **EASE** refitted on those same interactions; then feed
+   window w through ``POST /users/{id}/interactions`` (one request per user, with timestamps) and run
+   ``edgerec retrain`` (``edgerec.retrain.retrain``: read the stream, snapshot, warm-start, gate,
+   publish/promote).
 
 Every model is scored the same way, in raw-id space: top-``--k`` among items it knows, the user's history
 excluded; a model that does not know an item cannot rank it (that is the frozen model's decay). Users a
@@ -354,6 +356,7 @@ def main() -> None:
     from model_store import ModelStore
     from service.config import Settings
     from service.main import create_app
+    from training.data.dataset import PreparedDataset
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     root = args.keep or Path(tempfile.mkdtemp(prefix="replay-bench-"))
@@ -381,9 +384,18 @@ def main() -> None:
     )
     rows = []
     catalog: set[str] = set()  # items the service takes interactions with (versions' + catalogue's)
+    # What the service knows of day 0 is the prepared dataset: the k-core filter drops some events, which no
+    # model here ever sees (they are not in the stream either). EASE is refitted on the same interactions
+    # the loop has (day 0 as prepared, then what was fed), and histories hold only those.
+    day0 = PreparedDataset.load(root / "data" / "day0")
+    kept = (day0.train + day0.valid + day0.test).tocoo()
+    known = {(day0.user_ids[r], day0.item_ids[c]) for r, c in zip(kept.row, kept.col, strict=True)}
     history: dict[str, list[str]] = defaultdict(list)
     for n in range(n0):
-        history[u[n]].append(i[n])
+        if (u[n], i[n]) in known:
+            history[u[n]].append(i[n])
+    dropped = n0 - sum(len(h) for h in history.values())
+    print(f"day 0 as prepared: {n0 - dropped} of {n0} interactions ({dropped} dropped by the k-core)")
     try:
         with ServerThread(create_app(settings)) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
             for w, (a, b) in enumerate(wins):
@@ -460,6 +472,7 @@ def main() -> None:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "time_line": "timestamps" if raw.timestamps is not None else "file order within each user",
         "day0_interactions": n0,
+        "day0_interactions_prepared": n0 - dropped,
         "day0_train_seconds": round(day0_seconds, 1),
         "total_seconds": round(time.time() - t_all, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
