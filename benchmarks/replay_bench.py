@@ -387,7 +387,7 @@ def main() -> None:
     # What the service knows of day 0 is the prepared dataset: the k-core filter drops some events, which no
     # model here ever sees (they are not in the stream either). EASE is refitted on the same interactions
     # the loop has (day 0 as prepared, then what was fed), and histories hold only those.
-    day0 = PreparedDataset.load(root / "data" / "day0")
+    day0 = PreparedDataset.load(root / "data" / "day0")  # as train_day0 saved it
     kept = (day0.train + day0.valid + day0.test).tocoo()
     known = {(day0.user_ids[r], day0.item_ids[c]) for r, c in zip(kept.row, kept.col, strict=True)}
     history: dict[str, list[str]] = defaultdict(list)

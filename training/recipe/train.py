@@ -442,6 +442,12 @@ def finetune(run: Run, quiet: bool = False) -> dict:
         list(r for r in run.log.records() if r.get("stage") == "pretrain" and r.get("event") == "epoch")
     )
     val_users = _valid_users(run)
+
+    def validate() -> dict:
+        return evaluate(
+            lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch), run.data, "valid", users=val_users
+        )
+
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         if state["bad"] >= cfg.patience:
             break
@@ -475,12 +481,7 @@ def finetune(run: Run, quiet: bool = False) -> dict:
         valid = None
         if d.main:
             t1 = time.time()
-            valid = evaluate(
-                lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch),
-                run.data,
-                "valid",
-                users=val_users,
-            )
+            valid = validate()
             t_eval = time.time() - t1
             score = selection_score(valid)
             improved = score > state["best"]
@@ -516,20 +517,7 @@ def finetune(run: Run, quiet: bool = False) -> dict:
                 soup.prune(stage_dir, state)
         state = _broadcast(state, d)
     if d.main and cfg.soup_size > 1:
-        _load_weights(m, stage_dir / "best.safetensors")
-        record = soup.make_soup(
-            stage_dir,
-            m,
-            state,
-            lambda: selection_score(
-                evaluate(
-                    lambda us: score_users(m, fdata, us, d.device, cfg.eval_batch),
-                    run.data,
-                    "valid",
-                    users=val_users,
-                )
-            ),
-        )
+        record = soup.make_soup(stage_dir, m, state, lambda: selection_score(validate()))
         run.log.write(event="soup", **record)
     return state
 
