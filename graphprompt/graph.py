@@ -8,8 +8,6 @@ hop-distance BFS and its caches are :mod:`graphprompt.hops`; the graph answers t
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from edgerec import atomic
 from graphprompt.hops import Edges, HopDistances
 
 FORMAT_VERSION = 1
@@ -256,15 +255,15 @@ class BipartiteGraph:
         """Write ``ui.indptr.npy``, ``ui.indices.npy`` and ``shape.json`` (no pickle) into ``folder``."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        _save_npy(out / "ui.indptr.npy", self.ui.indptr.astype(np.int64))
-        _save_npy(out / "ui.indices.npy", self.ui.indices.astype(np.int32))
+        atomic.save_npy(out / "ui.indptr.npy", self.ui.indptr.astype(np.int64))
+        atomic.save_npy(out / "ui.indices.npy", self.ui.indices.astype(np.int32))
         meta = {
             "format_version": FORMAT_VERSION,
             "n_users": self.n_users,
             "n_items": self.n_items,
             "n_edges": self.n_edges,
         }
-        _atomic_write(out / "shape.json", json.dumps(meta).encode())
+        atomic.write_bytes(out / "shape.json", json.dumps(meta).encode())
         return out
 
     @classmethod
@@ -310,32 +309,6 @@ class BipartiteGraph:
         if ei.min() < 0 or ei.max() >= self.n_items:
             raise ValueError(f"edge item index out of range [0, {self.n_items})")
         return eu.astype(np.int64), ei.astype(np.int64)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _count_ids(ids: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

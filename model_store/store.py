@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from edgerec import atomic
+
 from .errors import (
     FileNotInVersion,
     IntegrityError,
@@ -378,9 +380,9 @@ class ModelStore:
     def _write_pointer(self, history: list[str]) -> None:
         """Write history then CURRENT, each by temp file + os.replace (readers see old or new, never half)."""
         doc = {"promotions": [{"version": v} for v in history]}
-        _atomic_write(self._history_file, (json.dumps(doc, indent=1) + "\n").encode())
+        atomic.write_bytes(self._history_file, (json.dumps(doc, indent=1) + "\n").encode())
         if history:
-            _atomic_write(self._current_file, (history[-1] + "\n").encode())
+            atomic.write_bytes(self._current_file, (history[-1] + "\n").encode())
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._current_file)
@@ -532,17 +534,6 @@ def _write_file_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        _write_file_synced(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _fsync_dir(path: Path) -> None:

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edgerec import atomic
+
 TABLE_METRICS = ("recall@20", "recall@40", "ndcg@100")
 SHORT = {"recall@20": "R@20", "recall@40": "R@40", "ndcg@100": "N@100"}
 
@@ -119,8 +121,8 @@ def write_outputs(doc: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Pa
     """Write ``stem.json``, ``stem.md``, ``stem.png`` into ``out_dir`` (each atomically)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "md", "png")}
-    _atomic_text(paths["json"], json.dumps(doc, indent=1, default=_json_default) + "\n")
-    _atomic_text(paths["md"], markdown(doc))
+    atomic.write_text(paths["json"], json.dumps(doc, indent=1, default=_json_default) + "\n")
+    atomic.write_text(paths["md"], markdown(doc))
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=out_dir)
     os.close(fd)
     try:
@@ -130,17 +132,6 @@ def write_outputs(doc: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Pa
         Path(tmp).unlink(missing_ok=True)
         raise
     return paths
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json_default(obj: Any) -> Any:
