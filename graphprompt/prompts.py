@@ -52,8 +52,9 @@ CONTENT_TEMPLATES = {
 
 
 # Values for a saved prompt_config.json written before the field existed: how those models were trained
-# (two-hop items ranked by raw counts, no strength row). Not defaults: those are PromptConfig's own.
-FIELDS_ADDED_LATER = {"two_hop_norm": 0.0, "candidate_strength": 0.0}
+# (two-hop items ranked by raw counts, no strength row, no row without the graph bias). Not defaults: those
+# are PromptConfig's own.
+FIELDS_ADDED_LATER = {"two_hop_norm": 0.0, "candidate_strength": 0.0, "strength_without_bias": False}
 
 
 @dataclass
@@ -70,6 +71,11 @@ class PromptConfig:
     # items, w their ranking score above, so the position that scores the items sees how strongly each
     # candidate ties to the user's history (hop distances alone say only "3 hops"); 0 = no such row
     candidate_strength: float = 1.0
+    # With the graph bias off (bias.enabled=False) the strength row is still written, for the candidate prior
+    # to read, and the model leaves the bias out of attention (ModelConfig.attend_graph_bias): "no graph bias"
+    # then takes graph relations out of attention and nothing else. Set by the run, not a recipe choice;
+    # False only in prompt configs saved before the row was decoupled (their no-bias models saw zeros).
+    strength_without_bias: bool = True
     use_user_token: bool = True  # put user_<u> in prompts (False: the anonymous/cold-start form everywhere)
     group_size: int = 10  # items per second-order group prompt; bigger groups are split
     max_text_tokens: int = 48  # cap on the main part of a content prompt
@@ -186,6 +192,14 @@ class PromptBuilder:
             )
         return out
 
+    @property
+    def writes_strength(self) -> bool:
+        """Whether predictive prompts carry the candidate strengths in their last bias row (the candidate
+        prior's input): with the graph bias on (not the ``ones`` ablation), and with it off where the model
+        leaves the matrix out of attention (``strength_without_bias``)."""
+        b = self.cfg.bias
+        return b.mode != "ones" and (b.enabled or self.cfg.strength_without_bias)
+
     def with_bias(
         self,
         prompt: EncodedPrompt,
@@ -195,12 +209,12 @@ class PromptBuilder:
         extra_edges: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> EncodedPrompt:
         """``prompt`` with its graph bias: hop distances among its nodes (:meth:`bias`), and the candidate
-        strengths in the last row when the prompt has them (not in the ``ones`` ablation)."""
+        strengths in the last row when the prompt has them (not in the ``ones`` ablation; with the bias off
+        only where ``strength_without_bias`` says the model ignores the matrix in attention)."""
         bias = self.bias(
             prompt.node_ids, distances=distances, removed_edges=removed_edges, extra_edges=extra_edges
         )
-        cfg = self.cfg.bias
-        if prompt.strength is not None and cfg.enabled and cfg.mode != "ones":
+        if self.writes_strength and prompt.strength is not None:
             bias[-1] += prompt.strength
         return replace(prompt, bias=bias)
 

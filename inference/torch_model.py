@@ -96,6 +96,9 @@ class ModelConfig:
     # the candidate prior: prior_beta * sigma(h) * s_p for the prompt's candidates, s_p their strength (the
     # last bias row), sigma(h) the spread of the user's item scores; prior_beta is fitted on validation
     candidate_prior: bool = False
+    # False: the graph-bias input stays out of attention (scaled by 0), so it only carries the candidate
+    # strengths to the prior; a run with the graph bias off sets it. Older configs lack it: True.
+    attend_graph_bias: bool = True
     base_model: str | None = None  # local HF GPT-2 folder the body and word table came from, if any
 
     @property
@@ -233,7 +236,10 @@ class GraphGPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(position ids, float 4D mask, [B, 1, L, L] bias, per-layer bias scales): what every block sees."""
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        return position_ids, self.base_mask(attention_mask), graph_bias.unsqueeze(1).float(), self.bias_scale
+        # 0 * bias rather than no bias: the encoder keeps its graph_bias input (the prior reads it) and the
+        # attention logits are exactly those of an all-zero bias
+        scales = self.bias_scale if self.cfg.attend_graph_bias else torch.zeros_like(self.bias_scale)
+        return position_ids, self.base_mask(attention_mask), graph_bias.unsqueeze(1).float(), scales
 
     def last_hidden(
         self,

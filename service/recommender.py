@@ -347,6 +347,8 @@ class Recommender:
             if entry.distances is None or not np.isin(nodes, entry.distances[0]).all():
                 entry.distances, fresh = builder.distances(nodes, extra_edges=edges), True
             prompt = builder.with_bias(prompt, distances=entry.distances)
+        elif prompt.strength is not None and builder.writes_strength:
+            prompt = builder.with_bias(prompt)  # graph bias off: only the prior's strength row, no BFS
         stage.labels("prompt").observe(time.perf_counter() - t)
         return prompt, fresh
 

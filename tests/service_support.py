@@ -100,8 +100,7 @@ def tiny_store() -> TinyStore:
     import torch
 
     from training.data.dataset import prepare
-    from training.export.exporter import export_run, publish
-    from training.recipe.train import TrainConfig, train
+    from training.export.exporter import publish
 
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="edgerec-service-tests-"))
@@ -110,28 +109,37 @@ def tiny_store() -> TinyStore:
     ds.save(root / "data")
     versions = []
     for seed in (0, 1):
-        cfg = TrainConfig(
-            dataset=str(root / "data"),
-            run_dir=str(root / f"run{seed}"),
-            seed=seed,
-            n_layer=1,
-            n_embd=32,
-            n_head=2,
-            word_vocab=300,
-            pretrain_rounds=0,
-            content_warmup=0,
-            epochs=1,
-            patience=1,
-            prompt={"max_history": 30, "n_co_users": 5, "n_two_hop_items": 5, "candidate_strength": 1.0},
-            # version 0 has the candidate prior (encoder with two outputs, boosted search), version 1 has not:
-            # the service serves and hot-swaps both kinds
-            candidate_prior=seed == 0,
-            prior_grid=(2.0,),
-        )
-        train(cfg, quiet=True)
-        folder = export_run(root / f"run{seed}", root / f"export{seed}")
+        # version 0 has the candidate prior (encoder with two outputs, boosted search), version 1 has not:
+        # the service serves and hot-swaps both kinds
+        folder = tiny_version(root / "data", root / f"run{seed}", seed, candidate_prior=seed == 0)
         versions.append(publish(folder, root / "store", promote=seed == 0))
     train_items = {ds.user_ids[u]: [ds.item_ids[i] for i in ds.train[u].indices] for u in range(ds.n_users)}
     store = TinyStore(root / "store", versions, list(ds.user_ids), list(ds.item_ids), train_items)
     _STORE["store"] = store
     return store
+
+
+def tiny_version(data: Path, run: Path, seed: int, **overrides) -> Path:
+    """Train and export one tiny version (1 layer, 32-d, one fine-tuning epoch, the prior's weight fixed at
+    2) of a prepared dataset; returns the export folder (``run`` + ``-export``), ready to publish."""
+    from training.export.exporter import export_run
+    from training.recipe.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        dataset=str(data),
+        run_dir=str(run),
+        seed=seed,
+        n_layer=1,
+        n_embd=32,
+        n_head=2,
+        word_vocab=300,
+        pretrain_rounds=0,
+        content_warmup=0,
+        epochs=1,
+        patience=1,
+        prompt={"max_history": 30, "n_co_users": 5, "n_two_hop_items": 5, "candidate_strength": 1.0},
+        prior_grid=(2.0,),
+        **overrides,
+    )
+    train(cfg, quiet=True)
+    return export_run(run, run.parent / f"{run.name}-export")

@@ -87,6 +87,40 @@ def test_bias_reaches_the_exported_graph(model, dynamo_onnx) -> None:
     np.testing.assert_allclose(without, _torch(model, (ids, mask, np.zeros_like(bias))), atol=1e-5)
 
 
+@pytest.mark.parametrize("prior", [False, True])
+def test_a_model_without_graph_attention_keeps_the_encoder_contract(tmp_path, prior) -> None:
+    """A no-graph-bias model (attend_graph_bias=False) still exports all three inputs: the bias enters as
+    0 * bias, so the exporter cannot drop it, and ORT matches torch; with the prior, the bias's last row
+    still drives the candidate scores."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        n_words=40,
+        n_users=6,
+        n_items=9,
+        n_layer=2,
+        n_embd=16,
+        n_head=2,
+        n_positions=64,
+        attend_graph_bias=False,
+        candidate_prior=prior,
+    )
+    m = GraphGPT(cfg).eval()
+    if prior:
+        m.set_prior(1.0)
+    path = tmp_path / "encoder.onnx"
+    export_onnx(m, path, _batch(cfg, 2, 7, 0), "dynamo")
+    enc = OnnxEncoder(path, providers=["CPUExecutionProvider"])  # refuses a graph without graph_bias
+    ids, mask, bias = _batch(cfg, 3, 12, 5)
+    bias[:, -1] = np.linspace(0.1, 1.0, 12, dtype=np.float32)
+    vec, cand = enc.encode_full(ids, mask, bias)
+    np.testing.assert_allclose(vec, enc.encode(ids, mask, np.zeros_like(bias)), atol=1e-6)
+    np.testing.assert_allclose(vec, _torch(m, (ids, mask, bias)), atol=1e-5)
+    assert (cand is not None) == prior
+    if prior:
+        is_item = (ids >= cfg.n_words + cfg.n_users) & (mask > 0)
+        assert (cand[is_item] > 0).all()
+
+
 def test_export_aborts_when_no_exporter_is_faithful(model, tmp_path) -> None:
     batches = [_batch(model.cfg, b, n, b + n) for b, n in [(1, 5), (3, 9), (3, 12)]]
     path = tmp_path / "encoder.onnx"

@@ -271,3 +271,21 @@ def test_candidate_prior_adds_strength_times_score_spread() -> None:
     with pytest.raises(ValueError, match="no candidate prior"):
         _model().set_prior(1.0)
     assert _model().encode(ids, mask, bias)[1] is None
+
+
+def test_a_model_without_graph_attention_reads_the_bias_only_for_its_prior() -> None:
+    """attend_graph_bias=False (a run with the graph bias off): the bias input changes nothing in attention,
+    bit for bit what an all-zero bias gives, and its last row still drives the candidate prior."""
+    m = _model(candidate_prior=True, attend_graph_bias=False)
+    ids, mask, bias = _batch()
+    with torch.no_grad():
+        assert torch.equal(m.last_hidden(ids, mask, bias), m.last_hidden(ids, mask, torch.zeros_like(bias)))
+        assert torch.equal(m.hidden(ids, mask, bias), m.hidden(ids, mask, torch.zeros_like(bias)))
+        m.set_prior(1.0)
+        _, with_row = m.encode(ids, mask, bias)
+        _, without = m.encode(ids, mask, torch.zeros_like(bias))
+    is_item = (ids >= V + U) & (mask > 0)
+    assert (with_row[is_item] > 0).all() and (without == 0).all()
+    # a config saved before the field attends to the bias, as those models were trained
+    old = {k: v for k, v in m.cfg.to_dict().items() if k != "attend_graph_bias"}
+    assert ModelConfig.from_dict(old).attend_graph_bias is True

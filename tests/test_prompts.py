@@ -100,7 +100,9 @@ def test_the_two_hop_settings_have_one_default() -> None:
     assert all(params[p].default is inspect.Parameter.empty for p in ("n_users", "n_items", "item_norm"))
     today = PromptConfig()
     assert PromptConfig.from_saved(today.to_dict()) == today  # a complete saved file: exactly as written
-    assert PromptConfig.from_saved({}) == PromptConfig(two_hop_norm=0.0, candidate_strength=0.0)
+    assert PromptConfig.from_saved({}) == PromptConfig(
+        two_hop_norm=0.0, candidate_strength=0.0, strength_without_bias=False
+    )
 
 
 def test_removed_edges_change_the_bias(builder: PromptBuilder) -> None:
@@ -214,7 +216,9 @@ def test_config_round_trip(tmp_path) -> None:
 
 def test_candidate_strength_fills_the_last_bias_row(builder: PromptBuilder) -> None:
     """The predicting position's bias row holds strength * w / max(w) at the two-hop items, nothing else
-    changes, and the row is absent when switched off, without a bias, or in the all-ones ablation."""
+    changes, and the row is absent when switched off or in the all-ones ablation. Without the graph bias the
+    row alone remains (the prior reads it; the model keeps it out of attention), except in prompt configs
+    saved before that, whose no-bias models saw all zeros."""
     g = builder.graph
     cfg = PromptConfig(max_history=10, n_co_users=2, n_two_hop_items=3, candidate_strength=2.0)
     pb = PromptBuilder(builder.tok, g, cfg)
@@ -235,10 +239,15 @@ def test_candidate_strength_fills_the_last_bias_row(builder: PromptBuilder) -> N
     probe = pb.predictive(0, g.user_items(0), nb, with_bias=False)
     again = pb.with_bias(probe, distances=pb.distances(probe.node_ids))
     assert np.allclose(again.bias, p.bias)
-    for bias_cfg in (BiasConfig(enabled=False), BiasConfig(mode="ones")):
-        off = PromptBuilder(builder.tok, g, PromptConfig(**{**cfg.to_dict(), "bias": bias_cfg}))
-        b = off.predictive(0, g.user_items(0), nb).bias
-        assert set(np.unique(b)) <= {0.0, 1.0}
+    ones = PromptBuilder(builder.tok, g, PromptConfig(**{**cfg.to_dict(), "bias": BiasConfig(mode="ones")}))
+    assert set(np.unique(ones.predictive(0, g.user_items(0), nb).bias)) <= {0.0, 1.0}
+    no_bias = {**cfg.to_dict(), "bias": BiasConfig(enabled=False).to_dict()}
+    off = PromptBuilder(builder.tok, g, PromptConfig.from_dict(no_bias))
+    row_only = off.predictive(0, g.user_items(0), nb).bias
+    assert np.all(row_only[:-1] == 0) and np.allclose(row_only[-1], diff[-1])
+    saved = {k: v for k, v in no_bias.items() if k != "strength_without_bias"}
+    before = PromptBuilder(builder.tok, g, PromptConfig.from_saved(saved))
+    assert np.all(before.predictive(0, g.user_items(0), nb).bias == 0)
     old = cfg.to_dict()
     del old["candidate_strength"]  # a prompt_config.json from before the option: no strength row
     assert PromptConfig.from_saved(old).candidate_strength == 0.0

@@ -135,6 +135,39 @@ def test_answer_is_the_models_own_top_k_candidate_prior_included(http, store):
     """A known user's answer is what the version's torch model scores over every item itself (inner product
     plus the candidate prior of the prompt's two-hop items, plus the item-item term, train items masked):
     index + boosts lose none."""
+    settings = make_settings(store, store.root.parent / "own-top-k")
+    boosted = _assert_own_top_k(http, settings, store.versions[0], store.user_ids[20:26])
+    assert boosted > 0  # the prompts had candidates, and the prior weight is not 0
+
+
+def test_a_version_without_graph_bias_serves_its_candidate_prior(store, tmp_path):
+    """A version trained with the graph bias off: the service's prompts carry the strength row alone (no
+    BFS), the encoder keeps it out of attention, and the answer is the model's own top-k with the prior."""
+    from service_support import tiny_version
+
+    from training.export.exporter import publish
+
+    url = redis_url_or_skip()
+    root = store.root.parent
+    folder = tiny_version(root / "data", tmp_path / "run", 2, bias={"enabled": False})
+    version = publish(folder, tmp_path / "store", promote=True)
+    prefix = unique_prefix()
+    settings = make_settings(store, tmp_path / "home", model_store=tmp_path / "store", redis_url=url)
+    settings = settings.model_copy(update={"redis_prefix": prefix})
+    try:
+        with (
+            ServerThread(create_app(settings)) as srv,
+            httpx.Client(base_url=srv.url, headers={"X-API-Key": KEY}, timeout=30) as http,
+        ):
+            boosted = _assert_own_top_k(http, settings, version, store.user_ids[20:26])
+    finally:
+        delete_prefix(url, prefix)
+    assert boosted > 0
+
+
+def _assert_own_top_k(http: httpx.Client, settings: Settings, version: str, users: list[str]) -> int:
+    """Each user's served top 10 (ids and scores) equals the version's torch model scoring every item itself;
+    returns how many prompt positions the candidate prior boosted."""
     import numpy as np
     import torch
 
@@ -142,14 +175,13 @@ def test_answer_is_the_models_own_top_k_candidate_prior_included(http, store):
     from inference.torch_encoder import TorchEncoder
     from service.serving import load_serving_model
 
-    settings = make_settings(store, store.root.parent / "own-top-k")
-    model = load_serving_model(settings, store.versions[0])
-    folder = ModelStore(store.root).open_version(store.versions[0]).path
+    model = load_serving_model(settings, version)
+    folder = ModelStore(settings.model_store).open_version(version).path
     enc = TorchEncoder(folder)
     term = ItemItem.load(folder)
     assert enc.has_candidates and model.encoder.has_candidates
     boosted = 0
-    for user in store.user_ids[20:26]:  # users no other test gives live history
+    for user in users:  # users no other test gives live history
         u = model.user_index[user]
         hist = model.graph.user_items(u)
         b = model.builder
@@ -165,10 +197,10 @@ def test_answer_is_the_models_own_top_k_candidate_prior_included(http, store):
         scores[hist] = -np.inf
         want = [model.item_ids[i] for i in np.argsort(-scores, kind="stable")[:10]]
         got = http.post(f"/recommend/{user}", json={"k": 10}).json()
-        assert got["model_version"] == store.versions[0]
+        assert got["model_version"] == version
         assert [it["id"] for it in got["items"]] == want
         assert np.allclose([it["score"] for it in got["items"]], np.sort(scores)[::-1][:10], atol=1e-4)
-    assert boosted > 0  # the prompts had candidates, and the prior weight is not 0
+    return boosted
 
 
 def metric(http: httpx.Client, name: str) -> float:

@@ -107,6 +107,26 @@ def test_end_to_end_beats_popularity(office_slice: Path, tmp_path: Path) -> None
     assert vec.shape == (1, model.cfg.n_embd)
 
 
+def test_a_run_without_graph_bias_keeps_the_candidate_prior(office_slice: Path, tmp_path: Path) -> None:
+    """bias.enabled=false takes graph relations out of attention and nothing else: the model ignores the
+    bias input in attention, prompts carry only the strength row, and the prior fitted on it is live (its
+    weight moves the validation figures), as in a run with the bias."""
+    from training.recipe.train import load_run, train
+
+    torch.set_num_threads(1)
+    metrics = train(
+        _cfg(office_slice, tmp_path / "run", epochs=2, patience=2, bias={"enabled": False}), quiet=True
+    )
+    model, builder = load_run(tmp_path / "run")
+    assert model.cfg.attend_graph_bias is False and builder.writes_strength
+    u = int(np.flatnonzero(np.diff(builder.graph.ui.indptr) >= 2)[0])
+    items = builder.graph.user_items(u)
+    p = builder.predictive(u, items, builder.neighbourhood(u, items))
+    assert p.strength is not None and np.all(p.bias[:-1] == 0) and p.bias[-1].max() > 0
+    by_beta = {g["beta"]: g["recall@20"] + g["ndcg@100"] for g in metrics["blend_grid"] if g["weight"] == 0.0}
+    assert len(set(by_beta.values())) > 1, by_beta  # a dead prior would give one figure for every weight
+
+
 def test_a_run_tests_the_soup_validation_chose(office_slice: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

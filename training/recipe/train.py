@@ -152,6 +152,7 @@ class TrainConfig:
 PROMPT_NOT_SETTABLE = {
     "bias": "the graph bias is TrainConfig.bias",
     "tokenizer": "the id-token counts come from the run's data",
+    "strength_without_bias": "fixed by the model: set bias.enabled=false for no graph bias in attention",
 }
 
 
@@ -208,6 +209,8 @@ def build_run(
             setattr(mcfg, k, getattr(cfg, k))
     mcfg.bias_scale, mcfg.learn_bias_scale = cfg.bias_scale, cfg.learn_bias_scale
     mcfg.candidate_prior = cfg.candidate_prior
+    # graph bias off: attention sees none; the strength row still reaches the prior (prompts.py)
+    mcfg.attend_graph_bias = cfg.bias.enabled
     mcfg.n_positions = max(mcfg.n_positions, _max_prompt_len(pcfg))
     model = GraphGPT.from_gpt2(cfg.base_model, mcfg) if cfg.base_model else GraphGPT(mcfg)
     if cfg.svd_init:
