@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from graphprompt.graph import Neighbourhood
-from graphprompt.prompts import PromptBuilder
+from graphprompt.prompts import PromptBuilder, PromptConfig
 
 log = logging.getLogger("edgerec.neighbourhoods")
 
@@ -120,7 +120,8 @@ def open_neighbourhoods(folder: str | Path, builder: PromptBuilder) -> StoredNei
     graph = builder.graph
     same = (
         meta.get("format_version") == FORMAT_VERSION
-        and meta.get("prompt_config") == builder.cfg.to_dict()
+        # read like the version's prompt_config.json: a field added since takes the value it was trained with
+        and PromptConfig.from_saved(meta.get("prompt_config") or {}) == builder.cfg
         and (meta.get("n_users"), meta.get("n_items"), meta.get("n_edges"))
         == (graph.n_users, graph.n_items, graph.n_edges)
     )

@@ -14,6 +14,7 @@ Real Redis (the machine's, unique prefix) and real HTTP (uvicorn in a thread) wi
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import threading
 import time
@@ -133,6 +134,16 @@ def test_older_version_without_them_opens_and_a_mismatch_is_ignored(store, tmp_p
         (old / name).chmod(0o644)
         (old / name).unlink()
     assert open_version(old).neighbourhoods is None  # a version exported before them still serves
+    # stored before a prompt field was added: it takes its saved-file value on both sides, so they match
+    legacy = tmp_path / "legacy"
+    shutil.copytree(version_dir(store, 0), legacy)
+    for name in (NBR_META, "prompt_config.json"):
+        (legacy / name).chmod(0o644)
+        doc = json.loads((legacy / name).read_text())
+        cfg = doc["prompt_config"] if name == NBR_META else doc
+        del cfg["strength_without_bias"]
+        (legacy / name).write_text(json.dumps(doc))
+    assert open_version(legacy).neighbourhoods is not None
     v = open_version(version_dir(store, 0))
     v.builder.cfg.n_two_hop_items += 1  # other prompt settings than the stored ones were computed with
     assert open_neighbourhoods(version_dir(store, 0), v.builder) is None
