@@ -36,6 +36,7 @@ COPY edgerec/ edgerec/
 COPY inference/ inference/
 COPY graphprompt/ graphprompt/
 COPY model_store/ model_store/
+COPY durable/ durable/
 COPY service/ service/
 COPY training/ training/
 RUN pip install . && pip check

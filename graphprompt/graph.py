@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from edgerec import atomic
+import durable as atomic
 from graphprompt.hops import Edges, HopDistances
 
 FORMAT_VERSION = 1

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerec import atomic
+import durable as atomic
 
 from .errors import (
     FileNotInVersion,

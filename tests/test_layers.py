@@ -4,6 +4,7 @@
     service/   training/     side by side, never importing each other
     inference/               the shared inference core
     graphprompt/ model_store/  at the bottom, independent of each other
+    durable/                 below them: atomic file writes, importing nothing of ours
 
 Every import in every module is checked, lazy ones inside functions included (an AST scan, no import
 runs). A package may import itself and any package in a layer below its own; nothing else."""
@@ -16,7 +17,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYER = {"edgerec": 3, "service": 2, "training": 2, "inference": 1, "graphprompt": 0, "model_store": 0}
+LAYER = {
+    "edgerec": 3,
+    "service": 2,
+    "training": 2,
+    "inference": 1,
+    "graphprompt": 0,
+    "model_store": 0,
+    "durable": -1,
+}
 
 
 def imports(path: Path) -> list[tuple[int, str]]:

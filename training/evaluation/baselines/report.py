@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgerec import atomic
+import durable as atomic
 
 TABLE_METRICS = ("recall@20", "recall@40", "ndcg@100")
 SHORT = {"recall@20": "R@20", "recall@40": "R@40", "ndcg@100": "N@100"}

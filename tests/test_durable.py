@@ -1,9 +1,9 @@
-"""edgerec.atomic: a failed write leaves the old file and no temporary file behind."""
+"""durable: a failed write leaves the old file and no temporary file behind."""
 
 import numpy as np
 import pytest
 
-from edgerec import atomic
+import durable as atomic
 
 
 def test_write_replaces_and_leaves_nothing_else(tmp_path):

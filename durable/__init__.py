@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a half-written one.
+"""durable: atomic file writes; a reader sees the old file or the new one, never a half-written one.
 
 The one helper for every file edgerec rewrites in place (graph snapshots, the model store's CURRENT and
 history, baseline reports): write a temporary file beside the target, fsync it, then ``os.replace`` it over
