@@ -13,9 +13,10 @@ checked).
 Variants (TrainConfig overrides on top of the defaults and ``--set``):
   full              the default recipe, exactly what `edgerec train DATASET` does (the file's
                     "default_variant"): fine-tuning on predictive prompts with co-users and two-hop items,
-                    hop-distance bias, candidate prior (no pre-training since the default changed)
+                    candidate prior, item-item term; no pre-training and (since 2026-12-07) no graph bias
   pretrain          the paper's pre-training first (content + collaborative + group + neighbour prompts)
-  no_bias           graph bias off (all zero) everywhere
+  no_bias           graph bias off (all zero) everywhere: the default since 2026-12-07
+  hop_bias          the paper's hop-distance graph bias in attention (the default until 2026-12-07)
   ones_bias         every id–id pair gets 1: token-type pattern only, no graph distances
   no_neighbourhood  no co-users / two-hop items in predictive prompts, no neighbour or group prompts
   no_pretrain       fine-tuning only (SVD-initialised id tables): the same as full under today's default
@@ -50,7 +51,8 @@ METRICS = ("recall@20", "recall@40", "ndcg@100")
 VARIANTS: dict[str, dict] = {
     "full": {},
     "no_bias": {"bias": {"enabled": False}},
-    "ones_bias": {"bias": {"mode": "ones"}},
+    "hop_bias": {"bias": {"enabled": True}},
+    "ones_bias": {"bias": {"enabled": True, "mode": "ones"}},
     "no_neighbourhood": {
         "prompt": {"n_co_users": 0, "n_two_hop_items": 0},
         "neighbour_prompts": False,

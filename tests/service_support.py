@@ -92,8 +92,7 @@ class TinyStore:
 
 def tiny_store() -> TinyStore:
     """Two tiny real model versions (1 layer, 32-d, one fine-tuning epoch; the first with the candidate
-    prior) on a
-    slice of amazon-office, trained and exported through training/ once per test process (shared by every
+    prior and no graph bias, the second the other way round) on a slice of amazon-office, trained and exported through training/ once per test process (shared by every
     service test module)."""
     if "store" in _STORE:
         return _STORE["store"]  # type: ignore[return-value]
@@ -109,9 +108,12 @@ def tiny_store() -> TinyStore:
     ds.save(root / "data")
     versions = []
     for seed in (0, 1):
-        # version 0 has the candidate prior (encoder with two outputs, boosted search), version 1 has not:
-        # the service serves and hot-swaps both kinds
-        folder = tiny_version(root / "data", root / f"run{seed}", seed, candidate_prior=seed == 0)
+        # version 0 is the default kind (candidate prior: encoder with two outputs, boosted search; no graph
+        # bias, so no BFS), version 1 the other (no prior; the hop-distance bias, so stored distances): the
+        # service serves and hot-swaps both kinds
+        folder = tiny_version(
+            root / "data", root / f"run{seed}", seed, candidate_prior=seed == 0, bias={"enabled": seed == 1}
+        )
         versions.append(publish(folder, root / "store", promote=seed == 0))
     train_items = {ds.user_ids[u]: [ds.item_ids[i] for i in ds.train[u].indices] for u in range(ds.n_users)}
     store = TinyStore(root / "store", versions, list(ds.user_ids), list(ds.item_ids), train_items)
