@@ -92,8 +92,8 @@ class TinyStore:
 
 def tiny_store() -> TinyStore:
     """Two tiny real model versions (1 layer, 32-d, one fine-tuning epoch; the first with the candidate
-    prior and no graph bias, the second the other way round) on a slice of amazon-office, trained and exported through training/ once per test process (shared by every
-    service test module)."""
+    prior and no graph bias, the second the other way round) on a slice of amazon-office, trained and
+    exported through training/ once per test process (shared by every service test module)."""
     if "store" in _STORE:
         return _STORE["store"]  # type: ignore[return-value]
     import torch

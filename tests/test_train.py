@@ -307,3 +307,22 @@ def test_set_overrides_whole_sections_and_single_fields():
     for bad in ("epochs", "lr.x=1", "prompt.=3"):
         with pytest.raises(typer.BadParameter):
             apply_overrides({}, [bad])
+
+
+def test_the_default_recipe_has_no_graph_bias_and_a_bias_section_turns_it_on():
+    """The recipe runs without the graph bias (chosen on validation, docs/model.md "Graph bias"); asking for
+    any bias setting without `enabled` means a bias, and `enabled` says so outright either way."""
+    from training.recipe.cli import apply_overrides
+    from training.recipe.train import TrainConfig
+
+    assert TrainConfig(dataset="x").bias.enabled is False
+    assert TrainConfig(dataset="x").to_dict()["bias"]["enabled"] is False
+
+    def bias(*sets: str):
+        return TrainConfig.from_dict({"dataset": "x", **apply_overrides({}, list(sets))}).bias
+
+    assert bias("bias.enabled=true").enabled is True
+    ones = bias("bias.mode=ones")
+    assert (ones.enabled, ones.mode) == (True, "ones")
+    assert bias('bias={"max_hops": 3}').enabled is True
+    assert bias("bias.mode=ones", "bias.enabled=false").enabled is False
