@@ -79,8 +79,8 @@ class TrainConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)  # its .bias is always the bias section
     # the hop-distance graph bias in attention: off by default. On validation (R@20 + R@40 + N@100, mean of
     # seeds, benchmarks/results/model-*.json) it did not earn its place: office -0.4 % with it (3 seeds),
-    # beauty +0.02 % (3), sports +0.2 % (2), level within the seeds' spread, and it costs the BFS per prompt
-    # (training and serving) and 40 % of the peak memory on sports. `--set bias.enabled=true` restores it; a
+    # beauty +0.02 % (3), sports +0.1 % (3), level within the seeds' spread, and it costs a BFS per prompt
+    # (training, and serving on a cache miss). `--set bias.enabled=true` restores it; a
     # bias section given without `enabled` (e.g. `--set bias.mode=ones`) turns it on, as it asks for a bias.
     bias: BiasConfig = field(default_factory=lambda: BiasConfig(enabled=False))
     # pre-training: off by default. On validation (office 3 seeds, beauty 1; benchmarks/results/model-*)
