@@ -8,7 +8,7 @@ baselines' ``baselines-<dataset>.json`` (same preparation code, so the same spli
 checked).
 
     python benchmarks/model_bench.py .edgerec/data/amazon-office --seeds 0 1 \\
-        --variants full no_bias ones_bias no_neighbourhood no_pretrain
+        --variants full hop_bias ones_bias no_neighbourhood pretrain
 
 Variants (TrainConfig overrides on top of the defaults and ``--set``):
   full              the default recipe, exactly what `edgerec train DATASET` does (the file's
@@ -25,10 +25,13 @@ Variants (TrainConfig overrides on top of the defaults and ``--set``):
                     tables toward content tables that drift far during word-LM epochs)
   variants12        12 held-out splits per user instead of 4 (more augmentation, more BFS at the start)
   held_out_targets  fine-tuning loss on the held-out items only (the paper's form) instead of every train item
-  no_neighbourhood_no_bias   both of the above ablations at once
+  no_neighbourhood_no_bias   both of the above ablations at once (= no_neighbourhood today)
   soup              checkpoint soup of up to 4 best epochs, kept where validation prefers it
                     (training/recipe/soup.py; metrics.json "soup" records the tries)
-  no_bias_soup      no_bias and soup at once
+  no_bias_soup      no_bias and soup at once (= soup today)
+
+A variant that gives the same recipe as one listed before it (no_bias, no_pretrain and the two above, under
+today's default) is said once and not trained again.
 """
 
 from __future__ import annotations
@@ -134,6 +137,27 @@ def rebase(doc: dict, variant: str, old_default: dict, old_full_as: str) -> dict
     variants = {"full": variants.pop("full"), **variants}
     record = {"from_recipe": doc["default_recipe"], "variant": variant, "old_full_as": old_full_as}
     return {**doc, "default_recipe": now, "variants": variants, "rebased": [*doc.get("rebased", []), record]}
+
+
+def distinct_recipes(names: list[str], overrides: dict[str, dict]) -> list[str]:
+    """``names`` without those whose overrides give the same recipe as an earlier name (today ``no_bias`` is
+    ``full``, ``no_neighbourhood_no_bias`` is ``no_neighbourhood``): each is said once on stderr and not
+    trained twice. The config is built as ``edgerec train --set KEY=JSON`` builds it (a section given
+    replaces the section)."""
+    from training.recipe.train import TrainConfig
+
+    seen: dict[str, str] = {}
+    kept = []
+    for name in names:
+        h = recipe_hash(TrainConfig.from_dict({"dataset": "", **overrides[name]}))
+        if h in seen:
+            print(
+                f"{name}: the same recipe as {seen[h]} under today's default; not run again", file=sys.stderr
+            )
+            continue
+        seen[h] = name
+        kept.append(name)
+    return kept
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -487,6 +511,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     out = Path(args.out)
     stem = out / f"model-{ds.name}"
+    names = distinct_recipes(names, {n: _merge(common, variants[n]) for n in names})
     tasks = [(name, seed) for name in names for seed in args.seeds]
     run_dirs = {t: Path(args.runs_root) / ds.name / f"{t[0]}-s{t[1]}" for t in tasks}
     if args.only_finished:

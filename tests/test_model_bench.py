@@ -61,3 +61,21 @@ def test_rebase_makes_the_variant_that_is_todays_default_full() -> None:
         rebase(doc, "short", old_default, "lr3e-4")
     with pytest.raises(ValueError, match="already of today's"):
         rebase(new, "full", old_default, "x")
+
+
+def test_a_variant_that_is_another_recipe_under_todays_default_is_not_trained_twice(capsys) -> None:
+    from benchmarks.model_bench import VARIANTS, distinct_recipes
+
+    names = [
+        "full",
+        "no_bias",
+        "hop_bias",
+        "no_neighbourhood",
+        "no_neighbourhood_no_bias",
+        "soup",
+        "no_bias_soup",
+    ]
+    kept = distinct_recipes(names, {n: VARIANTS[n] for n in names})
+    assert kept == ["full", "hop_bias", "no_neighbourhood", "soup"]
+    said = capsys.readouterr().err
+    assert "no_bias: the same recipe as full" in said and "no_bias_soup: the same recipe as soup" in said
