@@ -64,6 +64,10 @@ VARIANTS: dict[str, dict] = {
     "no_pretrain": {"pretrain_rounds": 0, "content_warmup": 0},
     "pretrain": {"pretrain_rounds": 2, "content_warmup": 1},
     "no_user_token": {"prompt": {"use_user_token": False}},
+    # the history in time order (oldest first) instead of shuffled; + time cuts: half the held-out splits
+    # predict the user's newest events from the ones before them (training/recipe/finetune.py)
+    "time_order": {"prompt": {"history_order": "time"}},
+    "next_items": {"prompt": {"history_order": "time"}, "next_targets": 0.5},
     "weak_reg": {"reg_lambda": 0.01},
     "variants12": {"target_variants": 12},
     "held_out_targets": {"all_train_targets": False},
@@ -75,7 +79,7 @@ VARIANTS["no_bias_soup"] = {**VARIANTS["no_bias"], **VARIANTS["soup"]}
 
 # TrainConfig fields added later, with the value at which the recipe is what it was before them: at that
 # value they leave the hash (and so the committed results' "full") unchanged.
-ADDED_OFF = {"soup_size": 0}
+ADDED_OFF = {"soup_size": 0, "next_targets": 0.0, "prompt.history_order": "shuffled"}
 
 
 def _default_recipe() -> str:
@@ -94,8 +98,12 @@ def recipe_hash(cfg) -> str:
         fields.pop(key, None)
     # knobs added after results were recorded, at the value that leaves the recipe as it was
     for key, off in ADDED_OFF.items():
-        if fields.get(key) == off:
-            fields.pop(key)
+        *parents, leaf = key.split(".")  # "prompt.history_order": a field of the prompt section
+        section = fields
+        for parent in parents:
+            section = section.get(parent) if isinstance(section, dict) else None
+        if isinstance(section, dict) and section.get(leaf) == off:
+            section.pop(leaf)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 

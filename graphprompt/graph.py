@@ -65,8 +65,10 @@ def _top_k(ids: np.ndarray, counts: np.ndarray, k: int) -> tuple[np.ndarray, np.
 class BipartiteGraph:
     """Users × items train graph with neighbourhood and bounded-BFS hop-distance queries."""
 
-    def __init__(self, ui: sp.csr_matrix):
+    def __init__(self, ui: sp.csr_matrix, time: np.ndarray | None = None):
         self.ui: sp.csr_matrix = ui
+        # per edge (aligned with ui.indices): its position in the user's time line, or None when unknown
+        self.time = time
         self.n_users, self.n_items = ui.shape
         self.iu: sp.csr_matrix = ui.T.tocsr()
         self.iu.sort_indices()
@@ -76,8 +78,12 @@ class BipartiteGraph:
 
     # ---------------------------------------------------------------- building
     @classmethod
-    def from_matrix(cls, train: sp.spmatrix | sp.sparray | np.ndarray) -> BipartiteGraph:
-        """From a users × items matrix; every non-zero entry is an edge (values are ignored)."""
+    def from_matrix(
+        cls, train: sp.spmatrix | sp.sparray | np.ndarray, times: sp.spmatrix | None = None
+    ) -> BipartiteGraph:
+        """From a users × items matrix; every non-zero entry is an edge (values are ignored). ``times``
+        (``PreparedDataset.times``: positive time ranks at every edge and possibly elsewhere) gives each
+        user's items their time order."""
         if not sp.issparse(train) and np.ndim(train) != 2:
             raise ValueError(f"train matrix must be 2-D users x items, got shape {np.shape(train)}")
         m = sp.csr_matrix(train, copy=True)
@@ -85,7 +91,17 @@ class BipartiteGraph:
         m.eliminate_zeros()
         m = sp.csr_matrix((np.ones(m.nnz, dtype=np.float32), m.indices, m.indptr), shape=m.shape)
         m.sort_indices()
-        return cls(m)
+        if times is None:
+            return cls(m)
+        t = sp.csr_matrix(m.multiply(sp.csr_matrix(times)))
+        t.sort_indices()
+        if t.shape != m.shape or t.nnz != m.nnz or not np.array_equal(t.indices, m.indices):
+            raise ValueError("times must hold a positive time rank at every edge of the train matrix")
+        return cls(m, t.data.astype(np.float64))
+
+    @property
+    def has_time(self) -> bool:
+        return self.time is not None
 
     @property
     def n_nodes(self) -> int:
@@ -120,6 +136,14 @@ class BipartiteGraph:
         """The user's train items (int64 item indices, ascending)."""
         self._check_user(u)
         return self.ui.indices[self.ui.indptr[u] : self.ui.indptr[u + 1]].astype(np.int64)
+
+    def user_items_in_time(self, u: int) -> np.ndarray:
+        """The user's train items oldest first (ascending by index when the graph has no time order)."""
+        items = self.user_items(u)
+        if self.time is None:
+            return items
+        t = self.time[self.ui.indptr[u] : self.ui.indptr[u + 1]]
+        return items[np.argsort(t, kind="stable")]
 
     def item_users(self, i: int) -> np.ndarray:
         """The item's train users (int64 user indices, ascending)."""
@@ -263,6 +287,8 @@ class BipartiteGraph:
             "n_items": self.n_items,
             "n_edges": self.n_edges,
         }
+        if self.time is not None:
+            atomic.save_npy(out / "ui.time.npy", self.time.astype(np.float64))
         atomic.write_bytes(out / "shape.json", json.dumps(meta).encode())
         return out
 
@@ -288,7 +314,13 @@ class BipartiteGraph:
         if indices.size != int(meta.get("n_edges", indices.size)):
             raise ValueError(f"{p}: {indices.size} edges stored, shape.json says {meta['n_edges']}")
         ui = sp.csr_matrix((np.ones(indices.size, np.float32), indices, indptr), shape=(n_users, n_items))
-        return cls.from_matrix(ui)
+        times = None
+        if (p / "ui.time.npy").exists():  # graphs saved before the time order was kept have none
+            t = np.load(p / "ui.time.npy", allow_pickle=False)
+            if t.shape != indices.shape or (t.size and t.min() <= 0):
+                raise ValueError(f"{p}: ui.time.npy does not hold a positive rank per edge")
+            times = sp.csr_matrix((t, indices, indptr), shape=(n_users, n_items))
+        return cls.from_matrix(ui, times)
 
     # ---------------------------------------------------------------- input checks (shared with the engine)
     def check_nodes(self, nodes: np.ndarray) -> np.ndarray:

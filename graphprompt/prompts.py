@@ -41,6 +41,7 @@ from graphprompt.graph import BipartiteGraph, Neighbourhood
 from graphprompt.tokenizer import RecTokenizer
 
 HEADS = ("item", "user", "word")
+HISTORY_ORDERS = ("shuffled", "time")
 IGNORE = -100  # label of positions outside the main part
 
 CONTENT_TEMPLATES = {
@@ -76,6 +77,10 @@ class PromptConfig:
     # then takes graph relations out of attention and nothing else. Set by the run, not a recipe choice;
     # False only in prompt configs saved before the row was decoupled (their no-bias models saw zeros).
     strength_without_bias: bool = True
+    # the order a predictive prompt lists the user's history in: "shuffled" (fine-tuning shuffles it, so the
+    # model learns no order; scoring uses a fixed random order) or "time" (oldest first, in training, scoring
+    # and serving alike, so the newest events sit next to the predicting position; needs the data's time order)
+    history_order: str = "shuffled"
     use_user_token: bool = True  # put user_<u> in prompts (False: the anonymous/cold-start form everywhere)
     group_size: int = 10  # items per second-order group prompt; bigger groups are split
     max_text_tokens: int = 48  # cap on the main part of a content prompt
@@ -83,6 +88,10 @@ class PromptConfig:
     bias: BiasConfig = field(default_factory=BiasConfig)
     tokenizer: dict = field(default_factory=dict)  # id-token counts (RecTokenizer.counts())
     padding_side: str = "left"  # fixed: see the module docstring
+
+    def __post_init__(self) -> None:
+        if self.history_order not in HISTORY_ORDERS:
+            raise ValueError(f"history_order must be one of {HISTORY_ORDERS}, got {self.history_order!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -200,7 +200,8 @@ class Recommender:
         # Live history holds raw ids; ids neither this version nor the catalogue has are skipped, not errors.
         logged = resolve(model, lookup.history) if lookup is not None else _NOTHING
         live = logged.items
-        train = model.graph.user_items(u) if u is not None else _EMPTY
+        # oldest first where the version's graph kept the time order, so the newest events end the prompt
+        train = model.graph.user_items_in_time(u) if u is not None else _EMPTY
         hist = History(train, live, recent)
         history = hist.all
         # A new item is in the prompt as its nearest known item, which the user did not choose: that one is

@@ -56,6 +56,10 @@ class PreparedDataset:
     # (user idx, item idx) -> review text, train edges only
     reviews: dict[tuple[int, int], str] = field(default_factory=dict)
     source: str = ""
+    # users x items, every event of every split: 1 + its position in the user's time line (timestamp, then
+    # file order). None for folders prepared before it was kept. Not in the fingerprint: it follows from the
+    # same source as the splits, and results keyed by the fingerprint stay valid.
+    times: sp.csr_matrix | None = None
 
     @property
     def n_users(self) -> int:
@@ -101,6 +105,12 @@ class PreparedDataset:
             _dump_json(tmp / "item_ids.json", self.item_ids)
             _dump_json(tmp / "item_text.json", self.item_text)
             _dump_json(tmp / "reviews.json", [[u, i, t] for (u, i), t in self.reviews.items()])
+            if self.times is not None:
+                t = self.times.tocsr()
+                t.sort_indices()
+                np.save(tmp / "times.indptr.npy", t.indptr.astype(np.int64))
+                np.save(tmp / "times.indices.npy", t.indices.astype(np.int32))
+                np.save(tmp / "times.data.npy", t.data.astype(np.float64))
             meta = {
                 "format_version": FORMAT_VERSION,
                 **self.summary(),
@@ -161,6 +171,7 @@ class PreparedDataset:
         if reviews_path.exists():
             reviews = {(int(u), int(i)): t for u, i, t in json.loads(reviews_path.read_text())}
         return cls(
+            times=_load_times(p, shape),
             name=meta["name"],
             user_ids=user_ids,
             item_ids=item_ids,
@@ -173,6 +184,31 @@ class PreparedDataset:
             reviews=reviews,
             source=meta.get("source", ""),
         )
+
+
+def _load_times(p: Path, shape: tuple[int, int]) -> sp.csr_matrix | None:
+    if not (p / "times.data.npy").exists():
+        return None
+    indptr = np.load(p / "times.indptr.npy")
+    indices = np.load(p / "times.indices.npy")
+    data = np.load(p / "times.data.npy")
+    if len(indptr) != shape[0] + 1 or indptr[-1] != len(indices) or len(data) != len(indices):
+        raise ValueError(f"{p}: times do not match {shape[0]} users x {shape[1]} items; re-prepare")
+    return sp.csr_matrix((data, indices, indptr), shape=shape)
+
+
+def time_matrix(users: np.ndarray, items: np.ndarray, key: np.ndarray | None, shape: tuple[int, int]):
+    """users x items: 1 + each event's position in its user's time line, ordered by ``key`` (timestamps;
+    None = all equal), ties by the events' order in the arrays (file order)."""
+    n = len(users)
+    k = np.zeros(n, dtype=np.float64) if key is None else np.asarray(key, dtype=np.float64)
+    order = np.lexsort((np.arange(n), k, users))
+    bounds = np.searchsorted(users[order], np.arange(shape[0] + 1))
+    pos = np.empty(n, dtype=np.float64)
+    pos[order] = np.arange(n) - np.repeat(bounds[:-1], np.diff(bounds))
+    m = sp.csr_matrix((pos + 1, (users, items)), shape=shape)
+    m.sort_indices()
+    return m
 
 
 def check_replaceable(out: Path) -> None:
@@ -301,6 +337,7 @@ def prepare(
         fingerprint=fingerprint(user_ids, item_ids, mats, split_info),
         reviews=reviews,
         source=raw.source,
+        times=time_matrix(u_dense, i_dense, row_ts, (n_u, n_i)),
     )
 
 

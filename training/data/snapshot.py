@@ -16,6 +16,9 @@ stay where they are) and appends new users and new items after them, in sorted r
 * ``train`` = base train + base test (the previous snapshot's holdout) + base valid when it was replaced + the
   new interactions that are in neither of the above.
 
+Time order (``PreparedDataset.times``, where the base has it): old events keep their place in each user's time
+line and the new ones follow, in stream order.
+
 Item text: known items keep theirs; a new item takes its title, brand, categories and description from the
 ``catalogue`` (``service.catalogue.read_catalogue``'s records) when it has a record there, else empty text.
 """
@@ -119,6 +122,7 @@ def merge(
     mats = {"train": train, "valid": valid, "test": test}
     for m in mats.values():
         m.sort_indices()
+    times = None if base.times is None else _times(base.times, list(fresh), shape)
     data = PreparedDataset(
         name=name or base.name,
         user_ids=user_ids,
@@ -131,6 +135,7 @@ def merge(
         fingerprint=fingerprint(user_ids, item_ids, mats, split),
         reviews=dict(base.reviews),
         source=base.source,
+        times=times,
     )
     stats = {
         "events": len(events),
@@ -165,6 +170,26 @@ def _newest_per_user(
         if old_deg[u] + len(rows) - 1 >= 1 and item_users[item] >= 2:
             out.add((u, item))
     return out
+
+
+def _times(base: sp.csr_matrix, fresh: list[tuple[int, int]], shape: tuple[int, int]) -> sp.csr_matrix:
+    """The base's time ranks, grown to ``shape``, and the ``fresh`` pairs (stream order) after each user's
+    last base event."""
+    coo = base.tocoo()
+    last = np.zeros(shape[0], dtype=np.float64)
+    np.maximum.at(last, coo.row, coo.data)
+    rows = np.array([p[0] for p in fresh], dtype=np.int64)
+    cols = np.array([p[1] for p in fresh], dtype=np.int64)
+    vals = np.empty(len(fresh), dtype=np.float64)
+    for k, u in enumerate(rows):  # stream order: each new event one step after the user's previous one
+        last[u] += 1
+        vals[k] = last[u]
+    m = sp.csr_matrix(
+        (np.concatenate([coo.data, vals]), (np.concatenate([coo.row, rows]), np.concatenate([coo.col, cols]))),
+        shape=shape,
+    )
+    m.sort_indices()
+    return m
 
 
 def _matrix(old: sp.csr_matrix, pairs: list[tuple[int, int]], shape: tuple[int, int]) -> sp.csr_matrix:

@@ -37,7 +37,8 @@ def evaluate_version(
     """Metrics of the version folder on ``split`` of ``dataset`` (which must be the one it was exported from).
 
     ``history_order="stored"`` builds the prompt the way the service does for a known user without live
-    history (train items in the graph's stored order, not the run seed's shuffle): the difference between
+    history (train items oldest first where the graph kept the time order, else by index; not the run
+    seed's shuffle): the difference between
     the two is the train/serve skew due to history order alone. ``mask_valid_on_test`` is the harness's
     option of the same name. ``encoder`` replaces the version's own (e.g. the INT8 or the torch encoder)."""
     from training.recipe.finetune import PredictiveData  # the evaluation prompts are training's own
@@ -59,7 +60,7 @@ def evaluate_version(
             return pdata.eval_prompts(batch_users)
         out = []
         for u in batch_users:
-            items = graph.user_items(int(u))
+            items = graph.user_items_in_time(int(u))  # as the service lists them
             out.append(builder.predictive(int(u), items, builder.neighbourhood(int(u), items)))
         return out
 

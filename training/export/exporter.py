@@ -345,7 +345,7 @@ def export_run(
         emb = served.item_emb.weight.detach().float().numpy()
         np.save(tmp / "item_embeddings.npy", np.ascontiguousarray(emb, dtype=np.float32))
         build_index(emb, index_kind, out_dir=tmp, **(index_params or {}))
-        BipartiteGraph.from_matrix(data.train).save(tmp / "graph")
+        BipartiteGraph.from_matrix(data.train, data.times).save(tmp / "graph")
         _write_json(tmp / "user_ids.json", data.user_ids)
         _write_json(tmp / "item_ids.json", data.item_ids)
         np.save(tmp / "popularity.npy", np.asarray(data.train.sum(axis=0)).ravel().astype(np.float32))

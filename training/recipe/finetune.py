@@ -14,6 +14,12 @@ K): the
 bounded BFS with per-user edge removals is the expensive part of a prompt, and a variant's distances are
 computed
 once and reused, since shuffling a history only permutes its bias matrix.
+
+With ``PromptConfig.history_order == "time"`` histories keep the user's time order (oldest first) instead of
+being shuffled, and a ``next_targets`` share of the held-out splits are *time cuts*: the targets are the
+user's newest train events (a random number of them, half the history on average) and the visible history
+is what came before, so the model learns to predict what follows a history, as a live service asks it to.
+A cut's targets are its future events only, even when ``all_train_targets`` is on.
 """
 
 from __future__ import annotations
@@ -34,9 +40,21 @@ class PredictiveData:
         target_frac: float = 0.5,
         target_variants: int = 4,
         all_train_targets: bool = False,
+        next_targets: float = 0.0,
     ):
         if not 0 < target_frac < 1:
             raise ValueError(f"target_frac must be in (0, 1), got {target_frac}")
+        if not 0 <= next_targets <= 1:
+            raise ValueError(f"next_targets must be in [0, 1], got {next_targets}")
+        self.in_time = builder.cfg.history_order == "time"
+        if (self.in_time or next_targets > 0) and not graph.has_time:
+            raise ValueError(
+                "history_order='time' and next_targets need the data's time order, which this dataset lacks "
+                "(prepared before it was kept): prepare it again with `edgerec data prepare`"
+            )
+        if next_targets > 0 and not self.in_time:
+            raise ValueError("next_targets (time cuts) needs prompt.history_order='time'")
+        self.next_targets = next_targets
         self.b, self.g = builder, graph
         self.seed, self.frac, self.k = seed, target_frac, max(1, target_variants)
         self.all_train_targets = all_train_targets
@@ -44,29 +62,48 @@ class PredictiveData:
         self._variants: dict[tuple[int, int], tuple] = {}
         self._eval: dict[int, EncodedPrompt] = {}
 
+    def history(self, u: int) -> np.ndarray:
+        """User ``u``'s train items in the order a prompt lists them when all are shown."""
+        if self.in_time:
+            return self.g.user_items_in_time(u)
+        return np.random.default_rng([self.seed, 11, u]).permutation(self.g.user_items(u))
+
     def variant(self, u: int, v: int) -> tuple:
-        """(visible items, target items, neighbourhood, distances) of user ``u``'s ``v``-th held-out split."""
+        """(visible items, target items, neighbourhood, distances, is a time cut) of user ``u``'s ``v``-th
+        held-out split."""
         key = (u, v)
         hit = self._variants.get(key)
         if hit is not None:
             return hit
         rng = np.random.default_rng([self.seed, 7, u, v])
-        items = rng.permutation(self.g.user_items(u))
-        n_t = max(1, int(round(self.frac * len(items))))
-        if len(items) > 1:
-            n_t = min(n_t, len(items) - 1)  # keep at least one visible item
-        targets, visible = items[:n_t], items[n_t:]
+        n = len(self.g.user_items(u))
+        n_t = max(1, int(round(self.frac * n)))
+        cut = self.next_targets > 0 and n > 1 and rng.random() < self.next_targets
+        if cut:
+            # a random number of newest events, uniform in [1, 2 n_t - 1]: half the history on average
+            n_t = int(rng.integers(1, 2 * n_t))
+        if n > 1:
+            n_t = min(n_t, n - 1)  # keep at least one visible item
+        if cut:
+            items = self.g.user_items_in_time(u)
+            targets, visible = items[n - n_t :], items[: n - n_t]
+        else:
+            items = rng.permutation(self.g.user_items(u))
+            targets, visible = items[:n_t], items[n_t:]
+            if self.in_time:
+                order = self.g.user_items_in_time(u)
+                visible = order[np.isin(order, visible)]
         # The prompt keeps at most max_history items; fix that subset per variant so the cached distances
-        # below cover every node of every shuffled prompt built from it.
+        # below cover every node of every shuffled prompt built from it (in time order: the newest).
         cap = self.b.cfg.max_history
         if cap > 0 and len(visible) > cap:
-            visible = visible[:cap]
+            visible = visible[-cap:] if self.in_time else visible[:cap]
         nbr = self.b.neighbourhood(u, visible)
         dist = None
         if self.b.cfg.bias.enabled:
             probe = self.b.predictive(u, visible, nbr, with_bias=False)
             dist = self.b.distances(probe.node_ids, removed_edges=(np.full(len(targets), u), targets))
-        hit = (visible, targets, nbr, dist)
+        hit = (visible, targets, nbr, dist, cut)
         self._variants[key] = hit
         return hit
 
@@ -74,10 +111,10 @@ class PredictiveData:
         prompts, targets = [], []
         v = epoch % self.k
         for u in self.users:
-            visible, tgt, nbr, dist = self.variant(int(u), v)
-            hist = rng.permutation(visible)
+            visible, tgt, nbr, dist, cut = self.variant(int(u), v)
+            hist = visible if self.in_time else rng.permutation(visible)
             prompts.append(self.b.predictive(int(u), hist, nbr, distances=dist))
-            targets.append(self.g.user_items(int(u)) if self.all_train_targets else tgt)
+            targets.append(self.g.user_items(int(u)) if self.all_train_targets and not cut else tgt)
         return prompts, targets
 
     def eval_prompt(self, u: int) -> EncodedPrompt:
@@ -85,14 +122,14 @@ class PredictiveData:
         return self.eval_prompts(np.array([u]))[0]
 
     def eval_prompts(self, users: np.ndarray) -> list[EncodedPrompt]:
-        """The prompts users are scored with: all train items (fixed per-user order), full train graph.
+        """The prompts users are scored with: all train items (:meth:`history`), full train graph.
 
         Built once per user and cached; the distances of all new prompts come from one batched BFS."""
         new = [int(u) for u in users if int(u) not in self._eval]
         if new:
             raw = []
             for u in new:
-                items = np.random.default_rng([self.seed, 11, u]).permutation(self.g.user_items(u))
+                items = self.history(u)
                 raw.append((u, items, self.b.neighbourhood(u, items)))
             probes = [self.b.predictive(u, it, nb, with_bias=False) for u, it, nb in raw]
             dists: list = [None] * len(new)

@@ -102,6 +102,9 @@ class TrainConfig:
     target_frac: float = 0.5
     target_variants: int = 4
     all_train_targets: bool = True  # predict every train item, visible ones too (denoising; reference code)
+    # share of the held-out splits that are time cuts (the newest events are the targets; finetune.py); needs
+    # prompt.history_order="time"
+    next_targets: float = 0.0
     patience: int = 5
     # checkpoint soup (training/recipe/soup.py): average up to this many of the best epochs where validation
     # prefers it to the best epoch alone; 0 or 1: the best epoch's weights
@@ -204,7 +207,7 @@ def build_run(
     if d.main:
         _claim_run_dir(run_dir, cfg, resume, overwrite, tuple(stages))
     loop.barrier(d)
-    graph = BipartiteGraph.from_matrix(data.train)
+    graph = BipartiteGraph.from_matrix(data.train, data.times)
     tok = _tokenizer(cfg, data, run_dir)
     pcfg = replace(cfg.prompt, tokenizer=tok.counts())
     builder = PromptBuilder(tok, graph, pcfg)
@@ -443,7 +446,13 @@ def finetune(run: Run, quiet: bool = False) -> dict:
     if (stage_dir / "ckpt" / "state.json").exists():
         state = loop.load_checkpoint(stage_dir / "ckpt", m, opt)
     fdata = PredictiveData(
-        run.builder, run.graph, cfg.seed, cfg.target_frac, cfg.target_variants, cfg.all_train_targets
+        run.builder,
+        run.graph,
+        cfg.seed,
+        cfg.target_frac,
+        cfg.target_variants,
+        cfg.all_train_targets,
+        cfg.next_targets,
     )
     run.predictive = fdata
     n_pre = len(
