@@ -206,6 +206,7 @@ def rank_ease(histories: dict[str, list[str]], users: list[str], k: int, lam: fl
 def train_day0(args, u, i, ts, n0: int, raw, root: Path, store_root: Path) -> tuple[str, float]:
     from training.data.dataset import RawInteractions, prepare
     from training.export.exporter import export_run, publish
+    from training.recipe.cli import apply_overrides
     from training.recipe.train import TrainConfig, train
 
     day0 = RawInteractions(
@@ -218,11 +219,10 @@ def train_day0(args, u, i, ts, n0: int, raw, root: Path, store_root: Path) -> tu
     # edgerec train's default recipe; only what the command line names is overridden
     shape = {"n_layer": args.n_layer, "n_embd": args.n_embd, "n_head": args.n_head}
     shape |= {"word_vocab": args.word_vocab, "epochs": args.day0_epochs}
-    cfg = TrainConfig(
-        dataset=str(root / "data" / "day0"),
-        run_dir=str(root / "runs" / "day0"),
-        **{key: value for key, value in shape.items() if value is not None},
-    )
+    fields = {key: value for key, value in shape.items() if value is not None}
+    fields = apply_overrides(fields, args.day0_set)
+    fields |= {"dataset": str(root / "data" / "day0"), "run_dir": str(root / "runs" / "day0")}
+    cfg = TrainConfig.from_dict(fields)
     t0 = time.time()
     train(cfg, quiet=True)
     seconds = time.time() - t0
@@ -316,6 +316,15 @@ def main() -> None:
     p.add_argument("--word-vocab", type=int, default=None)
     p.add_argument("--day0-epochs", type=int, default=None)
     p.add_argument("--retrain-epochs", type=int, default=2)
+    p.add_argument("--tag", default="", help="appended to the result files' names (e.g. the day-0 recipe)")
+    p.add_argument(
+        "--day0-set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="a TrainConfig field for the day-0 model, as `edgerec train --set` takes it (e.g. "
+        "prompt.history_order=time); the retrains keep the served version's recipe, so it holds for them too",
+    )
     p.add_argument(
         "--retrain-set",
         action="append",
@@ -482,7 +491,7 @@ def main() -> None:
 
 
 def write(report: dict, args) -> None:
-    name = f"replay-{report['dataset']}-{args.split}"
+    name = f"replay-{report['dataset']}-{args.split}" + (f"-{args.tag}" if args.tag else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=2))
     k = args.k
