@@ -287,6 +287,24 @@ def test_train_config_of_a_run_before_the_sections_were_typed_still_loads(tmp_pa
         _claim_run_dir(tmp_path, changed, True, False, ("pretrain",))
 
 
+def test_a_resume_refused_for_a_changed_default_says_how_to_continue_as_started(tmp_path: Path):
+    """A run started under the old default (graph bias on) is refused by today's default, and the message
+    gives the --set that continues it as it was started; applying that --set is accepted."""
+    from training.recipe.cli import apply_overrides
+    from training.recipe.train import TrainConfig, _claim_run_dir
+
+    started = TrainConfig.from_dict({"dataset": "x", "bias": {"enabled": True}})
+    (tmp_path / "finetune").mkdir()
+    (tmp_path / "train_config.json").write_text(json.dumps(started.to_dict()))
+    with pytest.raises(ValueError, match=r"different configuration \(bias\)") as err:
+        _claim_run_dir(tmp_path, TrainConfig(dataset="x"), True, False, ("finetune",))
+    hint = str(err.value).split("add ", 1)[1]
+    assert hint.startswith("--set bias='{") and '"enabled": true' in hint
+    key, value = hint.removeprefix("--set ").split("=", 1)
+    fields = apply_overrides({"dataset": "x"}, [f"{key}={value.strip(chr(39))}"])
+    _claim_run_dir(tmp_path, TrainConfig.from_dict(fields), True, False, ("finetune",))
+
+
 def test_set_overrides_whole_sections_and_single_fields():
     import typer
 

@@ -273,7 +273,12 @@ def _claim_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: boo
             k for k in set(old) | set(new) if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k)
         )
         if changed:
-            raise ValueError(f"{run_dir} was started with a different configuration ({', '.join(changed)})")
+            # a default that changed since the run started lands here too: say how to resume it as it was
+            hint = " ".join(f"--set {k}='{json.dumps(old.get(k))}'" for k in changed)
+            raise ValueError(
+                f"{run_dir} was started with a different configuration ({', '.join(changed)}); to continue "
+                f"it as it was started, add {hint}"
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
