@@ -170,3 +170,28 @@ def test_the_shuffled_default_is_unchanged_and_time_options_need_the_order() -> 
         PredictiveData(untimed, untimed.graph, seed=0)
     with pytest.raises(ValueError, match="history_order must be one of"):
         PromptConfig(history_order="newest")
+
+
+def test_a_published_version_serves_a_known_users_train_items_in_their_file_order() -> None:
+    """Real data (amazon-office rows are in time order within a user, no timestamps): the exported and
+    published version's graph, which the service reads, lists a user's train items in that order."""
+    from service_support import SLICE_USERS, tiny_store
+    from shared_data import office_users
+
+    from inference.version import open_version
+    from model_store import ModelStore
+
+    store = tiny_store()
+    raw = office_users(SLICE_USERS)
+    graph = open_version(ModelStore(store.root).path(store.versions[0])).graph
+    assert graph.has_time
+    checked = 0
+    for u, user in enumerate(store.user_ids[:40]):
+        train = graph.user_items_in_time(u)
+        if len(train) < 3:
+            continue
+        file_order = [it for usr, it in zip(raw.users, raw.items, strict=True) if usr == user]
+        train_ids = [store.item_ids[i] for i in train]
+        assert train_ids == [it for it in file_order if it in set(train_ids)]
+        checked += 1
+    assert checked >= 10
