@@ -68,6 +68,8 @@ VARIANTS: dict[str, dict] = {
     # predict the user's newest events from the ones before them (training/recipe/finetune.py)
     "time_order": {"prompt": {"history_order": "time"}},
     "next_items": {"prompt": {"history_order": "time"}, "next_targets": 0.5},
+    # + the next-item loss at every history position (SASRec's objective on the same attention)
+    "sequential": {"prompt": {"history_order": "time"}, "next_targets": 0.5, "seq_loss": 1.0},
     "weak_reg": {"reg_lambda": 0.01},
     "variants12": {"target_variants": 12},
     "held_out_targets": {"all_train_targets": False},
@@ -79,7 +81,7 @@ VARIANTS["no_bias_soup"] = {**VARIANTS["no_bias"], **VARIANTS["soup"]}
 
 # TrainConfig fields added later, with the value at which the recipe is what it was before them: at that
 # value they leave the hash (and so the committed results' "full") unchanged.
-ADDED_OFF = {"soup_size": 0, "next_targets": 0.0, "prompt.history_order": "shuffled"}
+ADDED_OFF = {"soup_size": 0, "next_targets": 0.0, "seq_loss": 0.0, "prompt.history_order": "shuffled"}
 
 
 def _default_recipe() -> str:

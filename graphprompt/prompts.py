@@ -439,6 +439,27 @@ class PromptBuilder:
             bias[r, length - n :, length - n :] = p.bias
         return ids, mask, bias
 
+    def history_labels(self, prompts: list[EncodedPrompt], after: list[int]) -> np.ndarray:
+        """Next-item labels [B, L] of predictive prompts, aligned with :meth:`collate`'s layout: at each
+        history item (the prompt's first run of items) the item index of the next one, at the last the item
+        ``after[r]`` (the event that followed the history; < 0 for none), ``IGNORE`` elsewhere. With a
+        history in time order this is SASRec's objective, on the same causal attention."""
+        b, length = len(prompts), max(len(p) for p in prompts)
+        out = np.full((b, length), IGNORE, dtype=np.int64)
+        first_item = self.graph.n_users
+        for r, p in enumerate(prompts):
+            is_item = p.node_ids >= first_item
+            if not is_item.any():
+                continue
+            s0 = int(np.argmax(is_item))
+            run = int(np.argmin(is_item[s0:])) if not is_item[s0:].all() else len(p) - s0
+            items = p.node_ids[s0 : s0 + run] - first_item
+            start = length - len(p) + s0
+            out[r, start : start + run - 1] = items[1:]
+            if after[r] >= 0:
+                out[r, start + run - 1] = after[r]
+        return out
+
     @staticmethod
     def labels(prompts: list[EncodedPrompt], offsets: dict[str, int]) -> np.ndarray:
         """Next-token labels [B, L] aligned with :meth:`collate`'s layout: ``labels[r, t]`` is the

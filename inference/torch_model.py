@@ -377,6 +377,7 @@ class GraphGPT(nn.Module):
         head: str = "item",
         content: bool = False,
         reg_lambda: float = 0.0,
+        lm_weight: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """The training losses (everything inside forward, so DistributedDataParallel sees every used weight).
 
@@ -384,7 +385,8 @@ class GraphGPT(nn.Module):
           ``-Σ_j t_j log softmax(s)_j``, summed over targets and averaged over the batch (fine-tuning);
         * ``labels`` [B, L] (head-local indices, -100 elsewhere): next-token cross-entropy over ``head``'s
         vocabulary
-          at the labelled positions (pre-training);
+          at the labelled positions (pre-training; in fine-tuning, with ``targets``, the next history item
+          at each history position, weighted by ``lm_weight``: ``TrainConfig.seq_loss``);
         * ``reg_lambda``: mutual regulariser ``λ Σ (e_this − sg(e_other))²`` over the id tokens of the
         batch, pulling
           this stage's id tables (collaborative or content) toward the other pair.
@@ -404,8 +406,8 @@ class GraphGPT(nn.Module):
         if labels is not None:
             sel = labels >= 0
             logits = h[sel] @ self.head_weight(head, content).T
-            out["lm"] = F.cross_entropy(logits.float(), labels[sel])
-            loss = loss + out["lm"]
+            out["lm"] = F.cross_entropy(logits.float(), labels[sel]) if bool(sel.any()) else h.sum() * 0.0
+            loss = loss + lm_weight * out["lm"]
         if reg_lambda > 0 and self.cfg.content_tables:
             out["reg"] = reg_lambda * self._mutual_reg(input_ids, content)
             loss = loss + out["reg"]

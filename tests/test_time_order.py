@@ -195,3 +195,37 @@ def test_a_published_version_serves_a_known_users_train_items_in_their_file_orde
         assert train_ids == [it for it in file_order if it in set(train_ids)]
         checked += 1
     assert checked >= 10
+
+
+def test_history_labels_ask_each_history_item_for_the_next_one_and_the_last_for_what_followed() -> None:
+    ds = _dataset()
+    b = _builder(ds, history_order="time", max_history=50, n_co_users=3, n_two_hop_items=5)
+    data = PredictiveData(b, b.graph, seed=1, target_variants=4, next_targets=1.0)
+    prompts, targets, after = data.epoch_with_next(0, np.random.default_rng(0))
+    rows = list(range(5))
+    labels = b.history_labels([prompts[r] for r in rows], [after[r] for r in rows])
+    ids, mask, _ = PromptBuilder.collate([prompts[r] for r in rows])
+    assert labels.shape == ids.shape
+    for r in rows:
+        u = int(data.users[r])
+        visible, tgt, _, _, cut = data.variant(u, 0)
+        assert cut and after[r] == tgt[0] == b.graph.user_items_in_time(u)[len(visible)]
+        row = labels[r][labels[r] >= 0]
+        # one label per history item: the next history item, then the first target
+        assert row.tolist() == [*visible[1:], tgt[0]]
+        # the labels sit on the history items' own positions (left-padded layout)
+        pos = np.flatnonzero(labels[r] >= 0)
+        item_tokens = ids[r, pos] - b.tok.item_offset
+        assert item_tokens.tolist() == list(visible)
+    none = b.history_labels([prompts[0]], [-1])
+    assert (none[0] >= 0).sum() == len(data.variant(int(data.users[0]), 0)[0]) - 1
+
+
+def test_seq_loss_and_next_targets_need_the_time_order() -> None:
+    from training.recipe.train import TrainConfig
+
+    with pytest.raises(ValueError, match="history_order=time"):
+        TrainConfig(dataset="x", seq_loss=1.0)
+    with pytest.raises(ValueError, match="seq_loss must be"):
+        TrainConfig(dataset="x", seq_loss=-1.0, prompt={"history_order": "time"})
+    TrainConfig(dataset="x", seq_loss=1.0, next_targets=0.5, prompt={"history_order": "time"})

@@ -127,6 +127,28 @@ def test_a_run_without_graph_bias_keeps_the_candidate_prior(office_slice: Path, 
     assert len(set(by_beta.values())) > 1, by_beta  # a dead prior would give one figure for every weight
 
 
+def test_a_sequential_run_learns_from_the_next_item_loss_and_saves_its_time_order(
+    office_slice: Path, tmp_path: Path
+) -> None:
+    """The `sequential` recipe (time-ordered history, time cuts, next-item loss at every history position)
+    trains end to end on real data; the next-item loss reaches the weights (the same run without it ends
+    elsewhere), and the run's prompt config and graph carry the time order serving needs."""
+    from safetensors.torch import load_file
+
+    from training.recipe.train import load_run, train
+
+    torch.set_num_threads(1)
+    timed = {"prompt": {"history_order": "time"}, "next_targets": 0.5, "epochs": 1, "patience": 1}
+    metrics = train(_cfg(office_slice, tmp_path / "seq", seq_loss=1.0, **timed), quiet=True)
+    train(_cfg(office_slice, tmp_path / "plain", **timed), quiet=True)
+    assert metrics["test"]["recall@20"] > 0
+    a = load_file(str(tmp_path / "seq" / "model.safetensors"))
+    b = load_file(str(tmp_path / "plain" / "model.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    _, builder = load_run(tmp_path / "seq")
+    assert builder.cfg.history_order == "time" and builder.graph.has_time
+
+
 def test_a_run_tests_the_soup_validation_chose(office_slice: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

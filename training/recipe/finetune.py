@@ -108,14 +108,23 @@ class PredictiveData:
         return hit
 
     def epoch(self, epoch: int, rng: np.random.Generator) -> tuple[list[EncodedPrompt], list[np.ndarray]]:
-        prompts, targets = [], []
+        prompts, targets, _ = self.epoch_with_next(epoch, rng)
+        return prompts, targets
+
+    def epoch_with_next(
+        self, epoch: int, rng: np.random.Generator
+    ) -> tuple[list[EncodedPrompt], list[np.ndarray], list[int]]:
+        """:meth:`epoch`, and per prompt the event that followed its history (a time cut's first target;
+        -1 for none), the last label of :meth:`PromptBuilder.history_labels`."""
+        prompts, targets, after = [], [], []
         v = epoch % self.k
         for u in self.users:
             visible, tgt, nbr, dist, cut = self.variant(int(u), v)
             hist = visible if self.in_time else rng.permutation(visible)
             prompts.append(self.b.predictive(int(u), hist, nbr, distances=dist))
             targets.append(self.g.user_items(int(u)) if self.all_train_targets and not cut else tgt)
-        return prompts, targets
+            after.append(int(tgt[0]) if cut and len(tgt) else -1)
+        return prompts, targets, after
 
     def eval_prompt(self, u: int) -> EncodedPrompt:
         """One user's scoring prompt (see :meth:`eval_prompts`)."""

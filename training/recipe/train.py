@@ -105,6 +105,9 @@ class TrainConfig:
     # share of the held-out splits that are time cuts (the newest events are the targets; finetune.py); needs
     # prompt.history_order="time"
     next_targets: float = 0.0
+    # weight of the next-item loss at every history position (SASRec's objective on the same attention;
+    # PromptBuilder.history_labels), beside the last position's multinomial loss; needs history_order="time"
+    seq_loss: float = 0.0
     patience: int = 5
     # checkpoint soup (training/recipe/soup.py): average up to this many of the best epochs where validation
     # prefers it to the best epoch alone; 0 or 1: the best epoch's weights
@@ -139,6 +142,14 @@ class TrainConfig:
             raise ValueError("TrainConfig.prompt: leave bias to TrainConfig.bias and tokenizer to the run")
         # One bias, shared: the prompt config the run saves carries exactly the bias section.
         self.prompt = replace(self.prompt, bias=self.bias)
+        if self.seq_loss < 0 or not 0 <= self.next_targets <= 1:
+            raise ValueError(
+                f"seq_loss must be >= 0 and next_targets in [0, 1], got {self.seq_loss}, {self.next_targets}"
+            )
+        if (self.seq_loss > 0 or self.next_targets > 0) and self.prompt.history_order != "time":
+            raise ValueError(
+                "seq_loss and next_targets read the history's time order: add --set prompt.history_order=time"
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -476,7 +487,7 @@ def finetune(run: Run, quiet: bool = False) -> dict:
         rng = loop.epoch_rng(cfg.seed, "finetune", epoch)
         torch.manual_seed(loop.epoch_torch_seed(cfg.seed, "finetune", epoch, d.rank))
         t0 = time.time()
-        prompts, targets = fdata.epoch(epoch, rng)
+        prompts, targets, after = fdata.epoch_with_next(epoch, rng)
         t_build = time.time() - t0
         batches = loop.length_batches(np.array([len(p) for p in prompts]), cfg.batch_size, rng)
         net.train()
@@ -486,8 +497,16 @@ def finetune(run: Run, quiet: bool = False) -> dict:
             mine = loop.shard(gb, d)
             ids, mask, bias = to_tensors(PromptBuilder.collate([prompts[k] for k in mine]), d.device)
             tgt = targets_matrix([targets[k] for k in mine], m.cfg.n_items, d.device)
+            seq = {}
+            if cfg.seq_loss > 0:
+                lab = run.builder.history_labels([prompts[k] for k in mine], [after[k] for k in mine])
+                seq = {
+                    "labels": torch.from_numpy(lab).to(d.device),
+                    "head": "item",
+                    "lm_weight": cfg.seq_loss,
+                }
             with loop.autocast(d.device, cfg.precision):
-                out = net(ids, mask, bias, targets=tgt)
+                out = net(ids, mask, bias, targets=tgt, **seq)
             # each rank averages over its shard; rescale so the all-reduced mean equals the global-batch mean
             loss = out["loss"] * (len(mine) * d.world / len(gb))
             opt.zero_grad(set_to_none=True)
