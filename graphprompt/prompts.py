@@ -79,7 +79,7 @@ class PromptConfig:
     strength_without_bias: bool = True
     # the order a predictive prompt lists the user's history in: "shuffled" (fine-tuning shuffles it, so the
     # model learns no order; scoring uses a fixed random order) or "time" (oldest first, in training, scoring
-    # and serving alike, so the newest events sit next to the predicting position; needs the data's time order)
+    # and serving alike, so the newest events sit next to the predicting position; needs the time order)
     history_order: str = "shuffled"
     use_user_token: bool = True  # put user_<u> in prompts (False: the anonymous/cold-start form everywhere)
     group_size: int = 10  # items per second-order group prompt; bigger groups are split

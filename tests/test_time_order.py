@@ -26,9 +26,7 @@ def _dataset(split: str = "random") -> PreparedDataset:
             items.append(f"i{i:02d}")
             ts.append(1000.0 * u + 10.0 * step)
     perm = rng.permutation(len(users))  # the file is not in time order: the timestamps say it
-    raw = RawInteractions(
-        [users[k] for k in perm], [items[k] for k in perm], timestamps=np.asarray(ts)[perm]
-    )
+    raw = RawInteractions([users[k] for k in perm], [items[k] for k in perm], timestamps=np.asarray(ts)[perm])
     return prepare(raw, "t", k_core=1, split=split)
 
 
@@ -40,7 +38,9 @@ def _time_line(ds: PreparedDataset, u: int) -> list[int]:
 
 def _builder(ds: PreparedDataset, times: bool = True, **prompt) -> PromptBuilder:
     graph = BipartiteGraph.from_matrix(ds.train, ds.times if times else None)
-    tok = RecTokenizer.train(["a b c"], n_users=ds.n_users, n_items=ds.n_items, vocab_size=300, min_frequency=1)
+    tok = RecTokenizer.train(
+        ["a b c"], n_users=ds.n_users, n_items=ds.n_items, vocab_size=300, min_frequency=1
+    )
     return PromptBuilder(tok, graph, PromptConfig(**prompt))
 
 
@@ -93,9 +93,7 @@ def test_the_graph_lists_train_items_oldest_first_and_keeps_the_order_on_disk(tm
         assert g.user_items_in_time(u).tolist() == expected
         assert g.user_items(u).tolist() == sorted(expected)  # the index order is unchanged
     back = BipartiteGraph.load(g.save(tmp_path / "g"))
-    assert all(
-        np.array_equal(back.user_items_in_time(u), g.user_items_in_time(u)) for u in range(ds.n_users)
-    )
+    assert all(np.array_equal(back.user_items_in_time(u), g.user_items_in_time(u)) for u in range(ds.n_users))
     plain = BipartiteGraph.from_matrix(ds.train)
     assert not plain.has_time and plain.user_items_in_time(0).tolist() == plain.user_items(0).tolist()
     with pytest.raises(ValueError, match="time rank at every edge"):
@@ -125,8 +123,9 @@ def test_time_ordered_prompts_list_the_history_oldest_first_and_cuts_predict_the
     ds = _dataset()
     b = _builder(ds, history_order="time", max_history=50, n_co_users=0, n_two_hop_items=0)
     g = b.graph
-    data = PredictiveData(b, g, seed=3, target_frac=0.5, target_variants=8, all_train_targets=True,
-                          next_targets=0.5)
+    data = PredictiveData(
+        b, g, seed=3, target_frac=0.5, target_variants=8, all_train_targets=True, next_targets=0.5
+    )
     for u in range(ds.n_users):
         assert _history(data.eval_prompt(u), b, u) == g.user_items_in_time(u).tolist()
     cuts = plain = 0
