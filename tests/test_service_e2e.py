@@ -183,7 +183,7 @@ def _assert_own_top_k(http: httpx.Client, settings: Settings, version: str, user
     boosted = 0
     for user in users:  # users no other test gives live history
         u = model.user_index[user]
-        hist = model.graph.user_items(u)
+        hist = model.graph.user_items_in_time(u)  # the service lists train items oldest first
         b = model.builder
         batch = b.collate([b.predictive(u, hist, b.neighbourhood(u, hist))])
         with torch.no_grad():
