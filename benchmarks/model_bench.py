@@ -70,6 +70,8 @@ VARIANTS: dict[str, dict] = {
     "next_items": {"prompt": {"history_order": "time"}, "next_targets": 0.5},
     # + the next-item loss at every history position (SASRec's objective on the same attention)
     "sequential": {"prompt": {"history_order": "time"}, "next_targets": 0.5, "seq_loss": 1.0},
+    # the ranker's transitions (what followed the user's newest items), weight chosen on validation
+    "transitions": {"transitions": True},
     "weak_reg": {"reg_lambda": 0.01},
     "variants12": {"target_variants": 12},
     "held_out_targets": {"all_train_targets": False},
@@ -81,7 +83,15 @@ VARIANTS["no_bias_soup"] = {**VARIANTS["no_bias"], **VARIANTS["soup"]}
 
 # TrainConfig fields added later, with the value at which the recipe is what it was before them: at that
 # value they leave the hash (and so the committed results' "full") unchanged.
-ADDED_OFF = {"soup_size": 0, "next_targets": 0.0, "seq_loss": 0.0, "prompt.history_order": "shuffled"}
+ADDED_OFF = {
+    "soup_size": 0,
+    "next_targets": 0.0,
+    "seq_loss": 0.0,
+    "prompt.history_order": "shuffled",
+    "transitions": False,
+    "transition_grid": [0.0, 0.2, 0.5, 1.0, 2.0, 4.0],
+    "transition_keep": 100,
+}
 
 
 def _default_recipe() -> str:

@@ -120,7 +120,7 @@ class InferenceVersion:
             found = candidate_boosts(batch[0], cand, offset, [histories[i] for i in rows])
             for i, b in zip(rows, found or (), strict=False):
                 boosts[i] = b
-        if self.item_item is not None and self.item_item.weight > 0 and len(prompts):
+        if self.item_item is not None and self.item_item.active and len(prompts):
             terms = self.item_item.boosts(vectors, histories)
             for i, t in enumerate(terms):
                 boosts[i] = merge_boosts(boosts[i], t)

@@ -107,3 +107,51 @@ def test_fit_picks_eases_lambda_on_validation() -> None:
     assert term.params["lam"] == max(scores, key=scores.get)
     assert term.weight == 0.0 and term.rows.shape == (ds.n_items, ds.n_items)
     assert np.diff(term.rows.indptr).max() <= 30
+
+
+def test_transition_rows_count_what_came_next() -> None:
+    from inference.item_item import transition_rows
+
+    seqs = [np.array([0, 1, 2]), np.array([0, 1, 3]), np.array([3, 0]), np.array([4])]
+    t = transition_rows(seqs, 5, keep=10).toarray()
+    want = np.zeros((5, 5), dtype=np.float32)
+    for a, b in [(0, 1), (1, 2), (0, 1), (1, 3), (3, 0)]:
+        want[a, b] += 1
+    np.testing.assert_array_equal(t, want)
+    assert transition_rows(seqs, 5, keep=1).toarray()[1].sum() == 1  # each row's strongest only
+
+
+def test_transitions_score_what_follows_the_newest_items_and_survive_save_load(tmp_path) -> None:
+    """t = Σ_k 0.5^k T[h_{-1-k}] over the next_recent newest items, scaled as the EASE part; the order of
+    the history matters for them (not for the EASE part), and off (weight 0) they add nothing."""
+    from dataclasses import replace
+
+    from inference.item_item import transition_rows
+
+    term, _, table, rng = _term()
+    n = term.n_items
+    seqs = [rng.permutation(n)[:15] for _ in range(60)]
+    t = replace(term, weight=0.0, next_rows=transition_rows(seqs, n, 50), next_weight=1.5, next_recent=2)
+    assert t.active and not replace(t, next_weight=0.0).active
+    h = np.array([5, 9, 3, 9])  # 9 twice: its newest place counts
+    v = rng.normal(size=(1, table.shape[1])).astype(np.float32)
+    ((items, boost),) = t.boosts(v, [h])
+    dense = t.next_rows.toarray().astype(np.float64)
+    e = dense[9] + 0.5 * dense[3]
+    want = 1.5 * (table.astype(np.float64) @ v[0]).std() / e.std() * e
+    want[[5, 9, 3]] = 0.0
+    top = np.argsort(-want)[: t.top_n]
+    top = top[want[top] > 0]
+    assert set(items.tolist()) == set(top.tolist())
+    np.testing.assert_allclose(boost, want[items], rtol=1e-5)
+    ((other, _),) = t.boosts(v, [h[::-1]])  # another newest item, other transitions
+    assert set(other.tolist()) != set(items.tolist())
+    assert all(not len(i) for i, _ in t.boosts(v, [h], next_weight=0.0))
+    t.save(tmp_path)
+    back = ItemItem.load(tmp_path)
+    assert back is not None and (back.next_rows != t.next_rows).nnz == 0
+    assert (back.next_weight, back.next_recent) == (1.5, 2)
+    term.save(tmp_path / "plain")
+    assert ItemItem.load(tmp_path / "plain").next_rows is None  # a term saved without them
+    with pytest.raises(ValueError, match="next_weight"):
+        replace(t, next_weight=-1.0)

@@ -149,6 +149,30 @@ def test_a_sequential_run_learns_from_the_next_item_loss_and_saves_its_time_orde
     assert builder.cfg.history_order == "time" and builder.graph.has_time
 
 
+def test_a_run_with_transitions_chooses_their_weight_on_validation_and_exports_them(
+    office_slice: Path, tmp_path: Path
+) -> None:
+    """transitions=true: the test step fits what followed each item in the train time lines, picks their
+    weight on the validation grid (recorded with every point), saves them with the item-item term, and a
+    warm start keeps that choice."""
+    from inference.item_item import ItemItem
+    from training.recipe.train import train
+    from training.recipe.warm_start import served_blend
+
+    torch.set_num_threads(1)
+    metrics = train(_cfg(office_slice, tmp_path / "run", epochs=1, patience=1, transitions=True), quiet=True)
+    record = metrics["transitions"]
+    assert [p["next_weight"] for p in record["grid"]] == [0.0, 0.2, 0.5, 1.0, 2.0, 4.0]
+    best = max(record["grid"], key=lambda p: p["recall@20"] + p["recall@40"] + p["ndcg@100"])
+    assert record["next_weight"] == best["next_weight"]
+    term = ItemItem.load(tmp_path / "run")
+    assert term is not None and term.next_rows is not None and term.next_rows.nnz > 0
+    assert term.next_weight == record["next_weight"]
+    assert ("no_transitions" in metrics["ablations"]) == (record["next_weight"] > 0)
+    pinned = served_blend(tmp_path / "run")
+    assert pinned["transitions"] is True and pinned["transition_grid"] == [record["next_weight"]]
+
+
 def test_a_run_tests_the_soup_validation_chose(office_slice: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

@@ -65,7 +65,7 @@ def evaluate_version(
         return out
 
     def score(batch_users: np.ndarray) -> np.ndarray:
-        hist = [graph.user_items(int(u)) for u in batch_users]
+        hist = [graph.user_items_in_time(int(u)) for u in batch_users]  # newest last (transitions)
         excl = [known.indices[known.indptr[u] : known.indptr[u + 1]] for u in batch_users]
         ids, scores = version.rank(prompts(batch_users), hist, excl, k)
         return _dense(version, ids, scores)

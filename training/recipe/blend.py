@@ -21,7 +21,7 @@ never looked at.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +86,8 @@ def refit_item_item(folder: str | Path, interactions: sp.csr_matrix) -> dict | N
     ease = EASE(lam=float(term.params["lam"])).fit(interactions)  # presence only, as in fit_item_item
     rows = strongest_rows(ease.weights, int(term.params["keep"]))
     params = {**term.params, "refit_interactions": int(interactions.nnz)}
-    ItemItem(rows, term.weight, term.top_n, term.item_cov, params).save(folder)
+    # the transitions (if any) stay as the retrain's test step fitted them on the snapshot's train
+    replace(term, rows=rows, params=params).save(folder)
     return {"interactions": int(interactions.nnz), "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -145,7 +146,8 @@ def score_blend_points(
     parts = _score_parts(model, fdata, users, device, batch)
     used = sorted({k for _, k, w in points if k is not None and w > 0})
     hist = [fdata.g.user_items(int(u)) for u in users] if used else []
-    term_parts = {k: terms[k].boosts(parts.vectors, hist, weight=1.0) for k in used}
+    # the EASE rows alone: the transitions are chosen after this grid (fit_transitions), at its choice
+    term_parts = {k: terms[k].boosts(parts.vectors, hist, weight=1.0, next_weight=0.0) for k in used}
     table = model.item_emb.weight.detach().float().cpu().numpy()
 
     def rows_of(us: np.ndarray) -> list[int]:
@@ -204,3 +206,51 @@ def fit_blend(
         "grid": [{"beta": b, "keep": k, "weight": x, **m} for (b, k, x), m in grid.items()],
     }
     return record, chosen
+
+
+def fit_transitions(
+    model,
+    fdata,
+    data,
+    term: ItemItem,
+    beta: float,
+    grid: list[float],
+    device: torch.device,
+    batch: int,
+    users: np.ndarray | None = None,
+) -> dict:
+    """Choose the transitions' weight (``term.next_rows`` must be set) on validation, with the prior's
+    weight and the EASE rows' cut and weight as :func:`fit_blend` chose them; sets ``term.next_weight``
+    and leaves the model's prior at ``beta``. Returns the record for ``metrics.json``."""
+    users = scored_users(data.valid.tocsr(), users)
+    parts = _score_parts(model, fdata, users, device, batch)
+    hist = [fdata.g.user_items_in_time(int(u)) for u in users]  # newest last, whatever the prompt order
+    ease = term.boosts(parts.vectors, hist, weight=1.0, next_weight=0.0)
+    nxt = term.boosts(parts.vectors, hist, weight=0.0, next_weight=1.0)
+    table = model.item_emb.weight.detach().float().cpu().numpy()
+
+    def rows_of(us: np.ndarray) -> list[int]:
+        return [parts.row_of[int(u)] for u in us]
+
+    def base(us: np.ndarray) -> np.ndarray:
+        return parts.vectors[rows_of(us)] @ table.T
+
+    def boosts(us: np.ndarray) -> dict[str, list[Boost | None]]:
+        rows = rows_of(us)
+        return {
+            "prior": [parts.prior[r] for r in rows],
+            "term": [ease[r] for r in rows],
+            "next": [nxt[r] for r in rows],
+        }
+
+    weights = [{"prior": beta, "term": term.weight, "next": float(w)} for w in grid]
+    found = evaluate_boost_grid(base, boosts, weights, data, "valid", users)
+    best = max(range(len(grid)), key=lambda i: selection_score(found[i]))
+    term.next_weight = float(grid[best])
+    if model.cfg.candidate_prior:
+        model.set_prior(beta)
+    return {
+        "next_weight": term.next_weight,
+        "next_recent": term.next_recent,
+        "grid": [{"next_weight": float(w), **m} for w, m in zip(grid, found, strict=True)],
+    }

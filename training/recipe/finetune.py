@@ -184,8 +184,8 @@ def score_users(
         ids, mask, bias = to_tensors(PromptBuilder.collate([prompts[i] for i in idx]), device)
         vec, candidates = model.encode(ids, mask, bias)
         out[idx] = model.item_scores(vec, candidates, ids).float().cpu().numpy()
-        if item_item is not None and item_item.weight > 0:
-            hist = [data.g.user_items(int(users[i])) for i in idx]
+        if item_item is not None and item_item.active:
+            hist = [data.g.user_items_in_time(int(users[i])) for i in idx]  # newest last (transitions)
             for r, (items, boost) in zip(idx, item_item.boosts(vec.float().cpu().numpy(), hist), strict=True):
                 out[r, items] += boost
     return out

@@ -31,7 +31,7 @@ from graphprompt.bias import BiasConfig
 from graphprompt.graph import BipartiteGraph
 from graphprompt.prompts import PromptBuilder, PromptConfig
 from graphprompt.tokenizer import RecTokenizer, item_corpus
-from inference.item_item import ITEM_ITEM_DIR
+from inference.item_item import ITEM_ITEM_DIR, transition_rows
 from inference.torch_model import GraphGPT, ModelConfig
 from inference.version import load_builder
 from training.data.dataset import PreparedDataset
@@ -39,7 +39,7 @@ from training.data.sources import edgerec_home, load_dataset
 from training.evaluation.baselines.base import selection_score
 from training.evaluation.harness import evaluate
 from training.recipe import loop, soup
-from training.recipe.blend import best_point, fit_blend, fit_item_item, score_blend_points
+from training.recipe.blend import best_point, fit_blend, fit_item_item, fit_transitions, score_blend_points
 from training.recipe.finetune import PredictiveData, score_users, targets_matrix, to_tensors
 from training.recipe.pretrain import PretrainData
 
@@ -75,6 +75,12 @@ class TrainConfig:
     item_item_grid: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.35, 0.5, 1.0])
     item_item_top_n: int = 200
     item_item_max_items: int = 40000
+    # the item-item term's transitions (inference/item_item.py): what followed each item in the train users'
+    # time lines, scored from the user's newest items; weight chosen on validation from transition_grid after
+    # the rest of the blend. Opt-in: measured on temporal splits and the replay (docs/model.md)
+    transitions: bool = False
+    transition_grid: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.5, 1.0, 2.0, 4.0])
+    transition_keep: int = 100
     # prompts and graph bias; given as dicts of fields (JSON, --set), a missing field takes its class default
     prompt: PromptConfig = field(default_factory=PromptConfig)  # its .bias is always the bias section
     # the hop-distance graph bias in attention: off by default. On validation (R@20 + R@40 + N@100, mean of
@@ -632,8 +638,29 @@ def test(run: Run) -> dict:
             _valid_users(run),
             cfg.item_item_keeps,
         )
+    transitions = None
+    if cfg.transitions and item_item is not None:
+        if not run.graph.has_time:
+            raise ValueError("transitions need the data's time order: prepare the dataset again")
+        seqs = [run.graph.user_items_in_time(u) for u in range(run.graph.n_users)]
+        item_item.next_rows = transition_rows(seqs, run.graph.n_items, cfg.transition_keep)
+        beta = blend["beta"] if blend is not None else 0.0
+        transitions = fit_transitions(
+            m,
+            fdata,
+            run.data,
+            item_item,
+            beta,
+            cfg.transition_grid,
+            d.device,
+            cfg.eval_batch,
+            _valid_users(run),
+        )
     full_valid = score("valid", item_item)
     test_m = score("test", item_item)
+    if transitions is not None and item_item.next_weight > 0:
+        # what they add on test: the same choice without them (the other ablations leave them out too)
+        ablations["no_transitions"] = {"test": score("test", replace(item_item, next_weight=0.0))}
     if blend is not None:
         # Ablations of the ranker's parts on the same weights: each part off, the other re-chosen on the
         # same validation grid (what the recipe would have picked without it), then scored on test; the
@@ -678,6 +705,7 @@ def test(run: Run) -> dict:
         "soup": soup.record(run.dir / "finetune") if cfg.soup_size > 1 else None,
         "prior": prior,
         "item_item": term,
+        "transitions": transitions,
         "blend_grid": blend["grid"] if blend is not None else None,
         "ablations": ablations,
         "dataset": run.data.name,

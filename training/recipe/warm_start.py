@@ -89,6 +89,8 @@ def served_blend(version_dir: str | Path) -> dict[str, Any]:
             "item_item_keeps": [int(term.params["keep"])],
             "item_item_top_n": term.top_n,
         }
+        if term.next_rows is not None:  # the transitions too: refitted on the snapshot, weight kept
+            out |= {"transitions": True, "transition_grid": [term.next_weight]}
     return out
 
 
