@@ -238,7 +238,10 @@ def summarise(runs: list[dict]) -> dict:
     if terms and len(terms) == len(runs):  # the ranker's item-item term as each run chose it
         out["item_item"] = [{k: t.get(k) for k in ("lam", "keep", "weight")} for t in terms]
     # the ranker's parts, each off with the other re-chosen on validation (train.test's "ablations")
-    for name in ("no_item_item", "no_prior", "transformer_only"):
+    trans = [r.get("transitions") for r in runs]
+    if all(trans):  # the ranker's transitions (opt-in) as each run chose their weight
+        out["transition_weights"] = [t["next_weight"] for t in trans]
+    for name in ("no_transitions", "no_item_item", "no_prior", "transformer_only"):
         found = [r["ablations"][name] for r in runs if name in (r.get("ablations") or {})]
         if found and len(found) == len(runs):
             vals = {k: [a["test"][k] for a in found] for k in METRICS}
@@ -284,6 +287,7 @@ def write_markdown(result: dict, path: Path) -> None:
             f"{s['peak_rss_mb']:.0f} |"
         )
         parts = [
+            ("ablation_no_transitions", "↳ same runs, no transitions (the rest as chosen)"),
             ("ablation_no_item_item", "↳ same runs, no item-item term (prior re-chosen on validation)"),
             ("ablation_no_prior", "↳ same runs, no candidate prior (term re-chosen on validation)"),
             ("ablation_transformer_only", "↳ same runs, transformer alone (no prior, no term)"),
@@ -304,8 +308,10 @@ def write_markdown(result: dict, path: Path) -> None:
             terms = "; ".join(
                 f"λ {t['lam']:g}, keep {t['keep']}, w {t['weight']:g}" for t in s.get("item_item", [])
             )
+            nexts = ", ".join(f"{w:g}" for w in s.get("transition_weights", []))
             chosen.append(
                 f"- {name}, chosen on validation per seed: prior β [{betas}]; item-item term [{terms}]"
+                + (f"; transitions w [{nexts}]" if nexts else "")
             )
     for b in result["baselines"]:
         t = b["test"]
