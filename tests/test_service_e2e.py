@@ -191,9 +191,9 @@ def _assert_own_top_k(http: httpx.Client, settings: Settings, version: str, user
             vec, cand = enc.model.encode(*t)
             scores = enc.model.item_scores(vec, cand, t[0])[0].numpy()
         boosted += int((cand > 0).sum())
-        if term is not None:
+        if term is not None:  # the EASE rows and, where the version has them, the transitions (newest last)
             ((items, vals),) = term.boosts(vec.numpy(), [hist])
-            scores[items] += vals
+            np.add.at(scores, items, vals)  # an item both parts boost gets the sum
         scores[hist] = -np.inf
         want = [model.item_ids[i] for i in np.argsort(-scores, kind="stable")[:10]]
         got = http.post(f"/recommend/{user}", json={"k": 10}).json()
@@ -201,6 +201,15 @@ def _assert_own_top_k(http: httpx.Client, settings: Settings, version: str, user
         assert [it["id"] for it in got["items"]] == want
         assert np.allclose([it["score"] for it in got["items"]], np.sort(scores)[::-1][:10], atol=1e-4)
     return boosted
+
+
+def test_the_default_version_serves_the_rankers_transitions(store):
+    """Version 0 of the test store carries the transitions (the top-k checks above then cover them)."""
+    from inference.item_item import ItemItem
+
+    term = ItemItem.load(ModelStore(store.root).path(store.versions[0]))
+    assert term is not None and term.next_rows is not None and term.next_rows.nnz > 0
+    assert term.next_weight == 1.0 and term.active
 
 
 def metric(http: httpx.Client, name: str) -> float:
