@@ -92,9 +92,8 @@ class TinyStore:
 
 def tiny_store() -> TinyStore:
     """Two tiny real model versions (1 layer, 32-d, one fine-tuning epoch; the first with the candidate
-    prior, the ranker's transitions and no graph bias, the second with neither and the bias) on a slice of
-    amazon-office, trained and exported through training/ once per test process (shared by every service
-    test module)."""
+    prior and no graph bias, the second the other way round) on a slice of amazon-office, trained and
+    exported through training/ once per test process (shared by every service test module)."""
     if "store" in _STORE:
         return _STORE["store"]  # type: ignore[return-value]
     import torch
@@ -112,16 +111,8 @@ def tiny_store() -> TinyStore:
         # version 0 is the default kind (candidate prior: encoder with two outputs, boosted search; no graph
         # bias, so no BFS), version 1 the other (no prior; the hop-distance bias, so stored distances): the
         # service serves and hot-swaps both kinds
-        # version 0 also carries the ranker's transitions (weight 1, a one-point grid: a tiny model's
-        # validation could pick 0), so the served top-k checks cover them
-        extra = {"transitions": True, "transition_grid": (1.0,)} if seed == 0 else {}
         folder = tiny_version(
-            root / "data",
-            root / f"run{seed}",
-            seed,
-            candidate_prior=seed == 0,
-            bias={"enabled": seed == 1},
-            **extra,
+            root / "data", root / f"run{seed}", seed, candidate_prior=seed == 0, bias={"enabled": seed == 1}
         )
         versions.append(publish(folder, root / "store", promote=seed == 0))
     train_items = {ds.user_ids[u]: [ds.item_ids[i] for i in ds.train[u].indices] for u in range(ds.n_users)}

@@ -140,16 +140,21 @@ def test_answer_is_the_models_own_top_k_candidate_prior_included(http, store):
     assert boosted > 0  # the prompts had candidates, and the prior weight is not 0
 
 
-def test_a_version_without_graph_bias_serves_its_candidate_prior(store, tmp_path):
-    """A version trained with the graph bias off: the service's prompts carry the strength row alone (no
-    BFS), the encoder keeps it out of attention, and the answer is the model's own top-k with the prior."""
+def test_a_version_with_transitions_serves_its_own_top_k(store, tmp_path):
+    """A version with the ranker's transitions (weight 1: a one-point grid, as a tiny model's validation could
+    pick 0) and, as today's default, no graph bias: the answer is the model's own top-k with the prior, the
+    item-item term and the transitions from the user's newest items (ids and scores), so serving adds them
+    exactly as training's scoring does."""
     from service_support import tiny_version
 
+    from inference.item_item import ItemItem
     from training.export.exporter import publish
 
     url = redis_url_or_skip()
     root = store.root.parent
-    folder = tiny_version(root / "data", tmp_path / "run", 2, bias={"enabled": False})
+    folder = tiny_version(root / "data", tmp_path / "run", 2, transitions=True, transition_grid=(1.0,))
+    term = ItemItem.load(folder)
+    assert term is not None and term.next_rows is not None and term.next_rows.nnz and term.next_weight == 1.0
     version = publish(folder, tmp_path / "store", promote=True)
     prefix = unique_prefix()
     settings = make_settings(store, tmp_path / "home", model_store=tmp_path / "store", redis_url=url)
@@ -201,15 +206,6 @@ def _assert_own_top_k(http: httpx.Client, settings: Settings, version: str, user
         assert [it["id"] for it in got["items"]] == want
         assert np.allclose([it["score"] for it in got["items"]], np.sort(scores)[::-1][:10], atol=1e-4)
     return boosted
-
-
-def test_the_default_version_serves_the_rankers_transitions(store):
-    """Version 0 of the test store carries the transitions (the top-k checks above then cover them)."""
-    from inference.item_item import ItemItem
-
-    term = ItemItem.load(ModelStore(store.root).path(store.versions[0]))
-    assert term is not None and term.next_rows is not None and term.next_rows.nnz > 0
-    assert term.next_weight == 1.0 and term.active
 
 
 def metric(http: httpx.Client, name: str) -> float:
