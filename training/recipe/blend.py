@@ -98,6 +98,18 @@ class _Parts:
     row_of: dict[int, int]
     vectors: np.ndarray
     prior: list[Boost | None]
+    table: np.ndarray  # the item table: base scores = vectors @ table.T
+
+    def base(self, us: np.ndarray) -> np.ndarray:
+        """The transformer's scores of users ``us`` (``evaluate_boost_grid``'s base)."""
+        return self.vectors[[self.row_of[int(u)] for u in us]] @ self.table.T
+
+    def boosts(self, us: np.ndarray, named: dict[str, list[Boost]]) -> dict[str, list[Boost | None]]:
+        """The prior's and each named part's boosts of users ``us`` (its boost function)."""
+        rows = [self.row_of[int(u)] for u in us]
+        return {"prior": [self.prior[r] for r in rows]} | {
+            name: [found[r] for r in rows] for name, found in named.items()
+        }
 
 
 def _score_parts(model, fdata, users: np.ndarray, device, batch: int) -> _Parts:
@@ -118,7 +130,8 @@ def _score_parts(model, fdata, users: np.ndarray, device, batch: int) -> _Parts:
                 found = candidate_boosts(ids.cpu().numpy(), cand.float().cpu().numpy(), offset)
                 for r, b in zip(rows, found or (), strict=True):
                     prior[r] = b
-    return _Parts({int(u): r for r, u in enumerate(users)}, vectors, prior)
+    table = model.item_emb.weight.detach().float().cpu().numpy()
+    return _Parts({int(u): r for r, u in enumerate(users)}, vectors, prior, table)
 
 
 def best_point(grid: list[dict], **fixed: float) -> dict | None:
@@ -147,24 +160,14 @@ def score_blend_points(
     used = sorted({k for _, k, w in points if k is not None and w > 0})
     hist = [fdata.g.user_items(int(u)) for u in users] if used else []
     # the EASE rows alone: the transitions are chosen after this grid (fit_transitions), at its choice
-    term_parts = {k: terms[k].boosts(parts.vectors, hist, weight=1.0, next_weight=0.0) for k in used}
-    table = model.item_emb.weight.detach().float().cpu().numpy()
-
-    def rows_of(us: np.ndarray) -> list[int]:
-        return [parts.row_of[int(u)] for u in us]
-
-    def base(us: np.ndarray) -> np.ndarray:
-        return parts.vectors[rows_of(us)] @ table.T
-
-    def boosts(us: np.ndarray) -> dict[str, list[Boost | None]]:
-        rows = rows_of(us)
-        return {"prior": [parts.prior[r] for r in rows]} | {
-            f"term@{k}": [found[r] for r in rows] for k, found in term_parts.items()
-        }
-
+    term_parts = {
+        f"term@{k}": terms[k].boosts(parts.vectors, hist, weight=1.0, next_weight=0.0) for k in used
+    }
     # the prior is added before the term, as the served ranker adds them
     weights = [{"prior": b} | ({f"term@{k}": w} if k is not None and w > 0 else {}) for b, k, w in points]
-    return evaluate_boost_grid(base, boosts, weights, data, split, users)
+    return evaluate_boost_grid(
+        parts.base, lambda us: parts.boosts(us, term_parts), weights, data, split, users
+    )
 
 
 def fit_blend(
@@ -227,24 +230,9 @@ def fit_transitions(
     hist = [fdata.g.user_items_in_time(int(u)) for u in users]  # newest last, whatever the prompt order
     ease = term.boosts(parts.vectors, hist, weight=1.0, next_weight=0.0)
     nxt = term.boosts(parts.vectors, hist, weight=0.0, next_weight=1.0)
-    table = model.item_emb.weight.detach().float().cpu().numpy()
-
-    def rows_of(us: np.ndarray) -> list[int]:
-        return [parts.row_of[int(u)] for u in us]
-
-    def base(us: np.ndarray) -> np.ndarray:
-        return parts.vectors[rows_of(us)] @ table.T
-
-    def boosts(us: np.ndarray) -> dict[str, list[Boost | None]]:
-        rows = rows_of(us)
-        return {
-            "prior": [parts.prior[r] for r in rows],
-            "term": [ease[r] for r in rows],
-            "next": [nxt[r] for r in rows],
-        }
-
+    named = {"term": ease, "next": nxt}
     weights = [{"prior": beta, "term": term.weight, "next": float(w)} for w in grid]
-    found = evaluate_boost_grid(base, boosts, weights, data, "valid", users)
+    found = evaluate_boost_grid(parts.base, lambda us: parts.boosts(us, named), weights, data, "valid", users)
     best = max(range(len(grid)), key=lambda i: selection_score(found[i]))
     term.next_weight = float(grid[best])
     if model.cfg.candidate_prior:
