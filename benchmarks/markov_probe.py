@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     from graphprompt.graph import BipartiteGraph
-    from inference.item_item import transition_rows
+    from inference.item_item import recent_matrix, transition_rows
     from training.data.sources import load_dataset
     from training.evaluation.harness import evaluate
 
@@ -49,12 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     for recent in args.recent:
 
         def score(users: np.ndarray, recent: int = recent) -> np.ndarray:
-            out = np.tile(tie, (len(users), 1))
-            for r, u in enumerate(users):
-                for k, item in enumerate(seqs[int(u)][::-1][:recent]):
-                    lo, hi = t.indptr[item], t.indptr[item + 1]
-                    out[r, t.indices[lo:hi]] += 0.5**k * t.data[lo:hi]
-            return out
+            # the ranker's transitions' raw scores (ItemItem.boosts before its scaling)
+            x = recent_matrix([seqs[int(u)] for u in users], ds.n_items, recent)
+            return (x @ t).toarray() + tie
 
         rows.append(
             {

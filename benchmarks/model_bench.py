@@ -89,9 +89,9 @@ ADDED_OFF = {
     "seq_loss": 0.0,
     "prompt.history_order": "shuffled",
     "transitions": False,
-    "transition_grid": [0.0, 0.2, 0.5, 1.0, 2.0, 4.0],
-    "transition_keep": 100,
 }
+# knobs of an added part that mean nothing while it is off: dropped at today's default value
+ADDED_SETTINGS = ("transition_grid", "transition_keep")
 
 
 def _default_recipe() -> str:
@@ -109,6 +109,10 @@ def recipe_hash(cfg) -> str:
     for key in ("dataset", "run_dir", "seed"):
         fields.pop(key, None)
     # knobs added after results were recorded, at the value that leaves the recipe as it was
+    defaults = type(cfg)(dataset="").to_dict()
+    for key in ADDED_SETTINGS:
+        if fields.get(key) == defaults[key]:
+            fields.pop(key)
     for key, off in ADDED_OFF.items():
         *parents, leaf = key.split(".")  # "prompt.history_order": a field of the prompt section
         section = fields

@@ -452,7 +452,8 @@ class PromptBuilder:
             if not is_item.any():
                 continue
             s0 = int(np.argmax(is_item))
-            run = int(np.argmin(is_item[s0:])) if not is_item[s0:].all() else len(p) - s0
+            ends = np.flatnonzero(~is_item[s0:])  # the history ends at the first word or user after it
+            run = int(ends[0]) if ends.size else len(p) - s0
             items = p.node_ids[s0 : s0 + run] - first_item
             start = length - len(p) + s0
             out[r, start : start + run - 1] = items[1:]

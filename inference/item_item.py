@@ -106,6 +106,22 @@ def transition_rows(sequences: Sequence[np.ndarray], n_items: int, keep: int) ->
     return cut_rows(m, keep)
 
 
+def recent_matrix(histories: Sequence[np.ndarray], n_items: int, recent: int) -> sp.csr_matrix:
+    """[B, I]: each history's ``recent`` newest known items (histories in time order, newest last),
+    weighted 1, 0.5, 0.25, ... from the newest (an item seen twice keeps its newest weight); times the
+    transition rows, the transitions' raw scores."""
+    rows, cols, vals = [], [], []
+    for r, h in enumerate(histories):
+        h = np.asarray(h, dtype=np.int64)
+        h = h[(h >= 0) & (h < n_items)][::-1]
+        _, first = np.unique(h, return_index=True)
+        h = h[np.sort(first)][:recent]
+        rows += [r] * len(h)
+        cols += h.tolist()
+        vals += (0.5 ** np.arange(len(h))).tolist()
+    return sp.csr_matrix((np.asarray(vals, dtype=np.float32), (rows, cols)), shape=(len(histories), n_items))
+
+
 @dataclass
 class ItemItem:
     rows: sp.csr_matrix  # [I, I] float32, non-negative: item j's row holds the items it points to
@@ -154,22 +170,6 @@ class ItemItem:
         data = np.ones(len(indices), dtype=np.float32)
         return sp.csr_matrix((data, indices, indptr), shape=(len(histories), self.n_items))
 
-    def recent_matrix(self, histories: Sequence[np.ndarray]) -> sp.csr_matrix:
-        """[B, I]: each history's ``next_recent`` newest known items (histories in time order, newest last),
-        weighted 1, 0.5, 0.25, ... from the newest (an item seen twice keeps its newest weight)."""
-        rows, cols, vals = [], [], []
-        for r, h in enumerate(histories):
-            h = np.asarray(h, dtype=np.int64)
-            h = h[(h >= 0) & (h < self.n_items)][::-1]
-            _, first = np.unique(h, return_index=True)
-            h = h[np.sort(first)][: self.next_recent]
-            rows += [r] * len(h)
-            cols += h.tolist()
-            vals += (0.5 ** np.arange(len(h))).tolist()
-        return sp.csr_matrix(
-            (np.asarray(vals, dtype=np.float32), (rows, cols)), shape=(len(histories), self.n_items)
-        )
-
     def boosts(
         self,
         vectors: np.ndarray,
@@ -184,9 +184,12 @@ class ItemItem:
         nw = self.next_weight if next_weight is None else float(next_weight)
         spread = score_spread(np.asarray(vectors, dtype=np.float32), self.item_cov)
         x = self.history_matrix(histories)
-        out = self._scaled(x @ self.rows, x, spread, w)
+        none: Boost = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+        # a part whose weight is 0 is not computed (serving may run the transitions alone)
+        out = self._scaled(x @ self.rows, x, spread, w) if w > 0 else [none] * len(histories)
         if self.next_rows is not None and nw > 0:
-            nxt = self._scaled(self.recent_matrix(histories) @ self.next_rows, x, spread, nw)
+            recent = recent_matrix(histories, self.n_items, self.next_recent)
+            nxt = self._scaled(recent @ self.next_rows, x, spread, nw)
             out = [merge_boosts(a, b) or a for a, b in zip(out, nxt, strict=True)]
         return out
 

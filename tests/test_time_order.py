@@ -142,7 +142,7 @@ def test_time_ordered_prompts_list_the_history_oldest_first_and_cuts_predict_the
                 plain += 1
                 assert sorted([*visible, *targets]) == sorted(line)
     assert cuts > 10 and plain > 10
-    prompts, targets = data.epoch(0, np.random.default_rng(0))
+    prompts, targets, _ = data.epoch(0, np.random.default_rng(0))
     for u, p, t in zip(data.users, prompts, targets, strict=True):
         visible, tgt, _, _, cut = data.variant(int(u), 0)
         assert _history(p, b, int(u)) == list(visible)  # not shuffled
@@ -200,7 +200,7 @@ def test_history_labels_ask_each_history_item_for_the_next_one_and_the_last_for_
     ds = _dataset()
     b = _builder(ds, history_order="time", max_history=50, n_co_users=3, n_two_hop_items=5)
     data = PredictiveData(b, b.graph, seed=1, target_variants=4, next_targets=1.0)
-    prompts, targets, after = data.epoch_with_next(0, np.random.default_rng(0))
+    prompts, targets, after = data.epoch(0, np.random.default_rng(0))
     rows = list(range(5))
     labels = b.history_labels([prompts[r] for r in rows], [after[r] for r in rows])
     ids, mask, _ = PromptBuilder.collate([prompts[r] for r in rows])

@@ -197,15 +197,20 @@ def _load_times(p: Path, shape: tuple[int, int]) -> sp.csr_matrix | None:
     return sp.csr_matrix((data, indices, indptr), shape=shape)
 
 
-def time_matrix(users: np.ndarray, items: np.ndarray, key: np.ndarray | None, shape: tuple[int, int]):
-    """users x items: 1 + each event's position in its user's time line, ordered by ``key`` (timestamps;
-    None = all equal), ties by the events' order in the arrays (file order)."""
+def time_lines(users: np.ndarray, n_users: int, ts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(order, bounds): the events sorted by user, then timestamp (None: all equal), then their order in the
+    arrays (file order); user u's time line is ``order[bounds[u]:bounds[u + 1]]``, oldest first."""
     n = len(users)
-    k = np.zeros(n, dtype=np.float64) if key is None else np.asarray(key, dtype=np.float64)
-    order = np.lexsort((np.arange(n), k, users))
-    bounds = np.searchsorted(users[order], np.arange(shape[0] + 1))
-    pos = np.empty(n, dtype=np.float64)
-    pos[order] = np.arange(n) - np.repeat(bounds[:-1], np.diff(bounds))
+    key = np.zeros(n, dtype=np.float64) if ts is None else np.asarray(ts, dtype=np.float64)
+    order = np.lexsort((np.arange(n), key, users))
+    return order, np.searchsorted(users[order], np.arange(n_users + 1))
+
+
+def time_matrix(users: np.ndarray, items: np.ndarray, ts: np.ndarray | None, shape: tuple[int, int]):
+    """users x items: 1 + each event's position in its user's time line (:func:`time_lines`)."""
+    order, bounds = time_lines(users, shape[0], ts)
+    pos = np.empty(len(users), dtype=np.float64)
+    pos[order] = np.arange(len(users)) - np.repeat(bounds[:-1], np.diff(bounds))
     m = sp.csr_matrix((pos + 1, (users, items)), shape=shape)
     m.sort_indices()
     return m
@@ -392,9 +397,7 @@ def _split_temporal(users: np.ndarray, n_users: int, ts: np.ndarray | None) -> l
     event keeps it in test (nothing is left to train on, as with the random protocol's minimum of one).
     """
     n = len(users)
-    key = np.zeros(n, dtype=np.float64) if ts is None else ts
-    order = np.lexsort((np.arange(n), key, users))  # by user, then time, then file order
-    bounds = np.searchsorted(users[order], np.arange(n_users + 1))
+    order, bounds = time_lines(users, n_users, ts)
     sizes = np.diff(bounds)
     # Position of each sorted row counted from its user's end: 0 = last event.
     from_end = np.repeat(bounds[1:], sizes) - 1 - np.arange(n)

@@ -107,15 +107,12 @@ class PredictiveData:
         self._variants[key] = hit
         return hit
 
-    def epoch(self, epoch: int, rng: np.random.Generator) -> tuple[list[EncodedPrompt], list[np.ndarray]]:
-        prompts, targets, _ = self.epoch_with_next(epoch, rng)
-        return prompts, targets
-
-    def epoch_with_next(
+    def epoch(
         self, epoch: int, rng: np.random.Generator
     ) -> tuple[list[EncodedPrompt], list[np.ndarray], list[int]]:
-        """:meth:`epoch`, and per prompt the event that followed its history (a time cut's first target;
-        -1 for none), the last label of :meth:`PromptBuilder.history_labels`."""
+        """One epoch's (prompts, targets, after): ``after`` is per prompt the event that followed its
+        history (a time cut's first target; -1 for none), the last label of
+        :meth:`PromptBuilder.history_labels`."""
         prompts, targets, after = [], [], []
         v = epoch % self.k
         for u in self.users:

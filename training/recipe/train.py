@@ -225,6 +225,8 @@ def build_run(
         _claim_run_dir(run_dir, cfg, resume, overwrite, tuple(stages))
     loop.barrier(d)
     graph = BipartiteGraph.from_matrix(data.train, data.times)
+    if cfg.transitions and not graph.has_time:  # before training, not at its test step
+        raise ValueError("transitions need the data's time order, which this dataset lacks: prepare it again")
     tok = _tokenizer(cfg, data, run_dir)
     pcfg = replace(cfg.prompt, tokenizer=tok.counts())
     builder = PromptBuilder(tok, graph, pcfg)
@@ -493,7 +495,7 @@ def finetune(run: Run, quiet: bool = False) -> dict:
         rng = loop.epoch_rng(cfg.seed, "finetune", epoch)
         torch.manual_seed(loop.epoch_torch_seed(cfg.seed, "finetune", epoch, d.rank))
         t0 = time.time()
-        prompts, targets, after = fdata.epoch_with_next(epoch, rng)
+        prompts, targets, after = fdata.epoch(epoch, rng)
         t_build = time.time() - t0
         batches = loop.length_batches(np.array([len(p) for p in prompts]), cfg.batch_size, rng)
         net.train()
@@ -640,8 +642,6 @@ def test(run: Run) -> dict:
         )
     transitions = None
     if cfg.transitions and item_item is not None:
-        if not run.graph.has_time:
-            raise ValueError("transitions need the data's time order: prepare the dataset again")
         seqs = [run.graph.user_items_in_time(u) for u in range(run.graph.n_users)]
         item_item.next_rows = transition_rows(seqs, run.graph.n_items, cfg.transition_keep)
         beta = blend["beta"] if blend is not None else 0.0
