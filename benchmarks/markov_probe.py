@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     if ds.times is None:
         raise SystemExit(f"{args.dataset}: no time order (prepared before it was kept); prepare it again")
     g = BipartiteGraph.from_matrix(ds.train, ds.times)
-    seqs = [g.user_items_in_time(u) for u in range(ds.n_users)]
+    seqs = g.time_lines()
     t = transition_rows(seqs, ds.n_items, args.keep)
     pop = np.asarray(ds.train.sum(0)).ravel().astype(np.float32)
     tie = 1e-6 * pop / max(float(pop.max()), 1.0)

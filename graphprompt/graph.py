@@ -145,6 +145,10 @@ class BipartiteGraph:
         t = self.time[self.ui.indptr[u] : self.ui.indptr[u + 1]]
         return items[np.argsort(t, kind="stable")]
 
+    def time_lines(self) -> list[np.ndarray]:
+        """Every user's train items oldest first (:meth:`user_items_in_time`; what the transitions count)."""
+        return [self.user_items_in_time(u) for u in range(self.n_users)]
+
     def item_users(self, i: int) -> np.ndarray:
         """The item's train users (int64 user indices, ascending)."""
         if not 0 <= int(i) < self.n_items:

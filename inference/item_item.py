@@ -219,15 +219,11 @@ class ItemItem:
     def save(self, folder: str | Path) -> None:
         out = Path(folder) / ITEM_ITEM_DIR
         out.mkdir(parents=True, exist_ok=True)
-        m = self.rows.tocsr()
-        for name in _ARRAYS:
-            np.save(out / f"{name}.npy", getattr(m, name), allow_pickle=False)
+        _save_csr(out, "", self.rows)
         np.save(out / "item_cov.npy", self.item_cov, allow_pickle=False)
         meta = {"n_items": self.n_items, "weight": self.weight, "top_n": self.top_n, "params": self.params}
         if self.next_rows is not None:
-            t = self.next_rows.tocsr()
-            for name in _ARRAYS:
-                np.save(out / f"next.{name}.npy", getattr(t, name), allow_pickle=False)
+            _save_csr(out, "next.", self.next_rows)
             meta |= {"next_weight": self.next_weight, "next_recent": self.next_recent}
         (out / "params.json").write_text(json.dumps(meta, indent=1))
 
@@ -238,14 +234,11 @@ class ItemItem:
         if not (src / "params.json").exists():
             return None
         meta = json.loads((src / "params.json").read_text())
-        arrays = [np.load(src / f"{name}.npy", allow_pickle=False) for name in _ARRAYS]
         n = int(meta["n_items"])
-        rows = sp.csr_matrix((arrays[2], arrays[1], arrays[0]), shape=(n, n))
+        rows = _load_csr(src, "", n)
         cov = np.load(src / "item_cov.npy", allow_pickle=False)
-        nxt = None
-        if "next_weight" in meta:  # terms saved before the transitions, or without them, have none
-            t = [np.load(src / f"next.{name}.npy", allow_pickle=False) for name in _ARRAYS]
-            nxt = sp.csr_matrix((t[2], t[1], t[0]), shape=(n, n))
+        # terms saved before the transitions, or without them, have none
+        nxt = _load_csr(src, "next.", n) if "next_weight" in meta else None
         return cls(
             rows,
             float(meta["weight"]),
@@ -256,3 +249,16 @@ class ItemItem:
             next_weight=float(meta.get("next_weight", 0.0)),
             next_recent=int(meta.get("next_recent", 3)),
         )
+
+
+def _save_csr(folder: Path, prefix: str, m: sp.csr_matrix) -> None:
+    """``m`` as ``{prefix}indptr.npy``, ``{prefix}indices.npy``, ``{prefix}data.npy`` (no pickle)."""
+    m = m.tocsr()
+    for name in _ARRAYS:
+        np.save(folder / f"{prefix}{name}.npy", getattr(m, name), allow_pickle=False)
+
+
+def _load_csr(folder: Path, prefix: str, n: int) -> sp.csr_matrix:
+    """The [n, n] matrix :func:`_save_csr` wrote with ``prefix``."""
+    indptr, indices, data = (np.load(folder / f"{prefix}{name}.npy", allow_pickle=False) for name in _ARRAYS)
+    return sp.csr_matrix((data, indices, indptr), shape=(n, n))

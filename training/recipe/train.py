@@ -642,8 +642,7 @@ def test(run: Run) -> dict:
         )
     transitions = None
     if cfg.transitions and item_item is not None:
-        seqs = [run.graph.user_items_in_time(u) for u in range(run.graph.n_users)]
-        item_item.next_rows = transition_rows(seqs, run.graph.n_items, cfg.transition_keep)
+        item_item.next_rows = transition_rows(run.graph.time_lines(), run.graph.n_items, cfg.transition_keep)
         beta = blend["beta"] if blend is not None else 0.0
         transitions = fit_transitions(
             m,
